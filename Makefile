@@ -1,0 +1,38 @@
+# facetrain tasks. `make help` lists them.
+VENV ?= .venv
+PYTHON ?= $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help install test test-fast lint format train clean clean-logs
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+install: ## Create .venv and install facetrain (editable) with its test tools
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --upgrade pip
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test: ## Run the whole test suite (unit + end-to-end; about 5 minutes on 2 CPU cores)
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test-fast: ## Unit tests only (no subprocess training runs)
+	$(PYTHON) -m pytest -m "not slow and not ddp" $(PYTEST_ARGS)
+
+lint: ## ruff lint and format check
+	$(PYTHON) -m ruff check src tests scripts train.py
+	$(PYTHON) -m ruff format --check src tests scripts train.py
+
+format: ## Apply ruff fixes and formatting
+	$(PYTHON) -m ruff check --fix src tests scripts train.py
+	$(PYTHON) -m ruff format src tests scripts train.py
+
+train: ## Train with the default config (synthetic data, resnet18, arcface)
+	$(PYTHON) train.py
+
+clean: ## Remove caches
+	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-logs: ## Remove run directories under logs/
+	rm -rf logs/*

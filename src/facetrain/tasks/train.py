@@ -1,0 +1,71 @@
+"""The training task: build everything from the composed config, fit, evaluate, write metrics.json."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from facetrain.evaluation.callbacks import VerificationCallback
+from facetrain.utils.instantiate import instantiate, instantiate_named
+from facetrain.utils.io import ensure_writable_dir, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train and evaluate one run described by ``cfg`` (``configs/train.yaml`` composed by Hydra).
+
+    Everything that can be wrong with the inputs (output directory, data root, pairs files, model name, head
+    arguments) is checked while the objects are built, before the first training step.
+
+    Returns:
+        The final metrics, also written to ``<output_dir>/metrics.json``.
+    """
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    output_dir = ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+
+    datamodule = instantiate(cfg.data)
+    num_classes = datamodule.num_classes  # scans (and if needed generates) the training data
+    evaluators = instantiate_named(cfg.get("eval"))
+    model = instantiate(cfg.model, num_classes=num_classes)
+    model.run_config = OmegaConf.to_container(cfg, resolve=True)
+    callbacks = instantiate_named(cfg.get("callbacks")) + evaluators
+    loggers = instantiate_named(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    log.info("training %s on %d identities (%d images)", type(model.head).__name__, num_classes, datamodule.num_images)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    metrics = collect_metrics(trainer, evaluators, num_classes)
+    if trainer.is_global_zero:
+        path = write_json_atomic(Path(output_dir) / "metrics.json", metrics)
+        log.info("metrics written to %s", path)
+    return metrics
+
+
+def collect_metrics(
+    trainer: pl.Trainer, evaluators: list[VerificationCallback], num_classes: int
+) -> dict[str, Any]:
+    """Flat final metrics: every evaluation set's results plus the last training scalars."""
+    metrics: dict[str, Any] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+    metrics["num_classes"] = num_classes
+    for key, value in trainer.callback_metrics.items():
+        if key.startswith("train/"):
+            metrics[key] = float(value)
+    for evaluator in evaluators:
+        metrics.update(evaluator.results)
+    return metrics
+
+
+def get_metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The value a Hydra sweeper optimises (``optimized_metric``), with a clear error when it is missing."""
+    if not name:
+        return None
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name!r} is not among the run's metrics: {sorted(metrics)}")
+    return float(metrics[name])
