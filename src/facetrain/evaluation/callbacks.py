@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytorch_lightning as pl
+import torch
 
 from facetrain.data.datamodule import DataSource
 from facetrain.data.images import IMAGE_EXTENSIONS, Transform
@@ -25,6 +26,17 @@ from facetrain.evaluation.plots import roc_figure
 from facetrain.evaluation.verification import roc_metrics, verification_report
 
 log = logging.getLogger(__name__)
+
+
+def _broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BatchNorm running statistics).
+
+    Without SyncBatchNorm each DDP rank updates its running statistics from its own batches; DDP only re-broadcasts
+    them at the next forward. Evaluating before that would embed each shard with slightly different statistics from
+    the checkpointed ones, and the metrics would differ from a single-process evaluation.
+    """
+    for buffer in module.buffers():
+        torch.distributed.broadcast(buffer, src=0)
 
 
 class VerificationCallback(pl.Callback):
@@ -79,6 +91,8 @@ class VerificationCallback(pl.Callback):
     def evaluate(self, module: pl.LightningModule, trainer: pl.Trainer | None = None) -> dict[str, float]:
         """Embed the set with ``module.embed`` and return the protocol's metrics (also stored in ``results``)."""
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if world > 1:
+            _broadcast_buffers(module)
         was_training = module.training
         module.eval()
         try:

@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from facetrain.losses.base import CosineHead, HeadOutput
+from facetrain.losses.base import FaceHead, HeadOutput
 
 HeadFactory = Callable[..., nn.Module]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -43,7 +43,7 @@ class FaceRecognitionModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head: CosineHead = head(embedding_size=backbone.embedding_size, num_classes=num_classes)
+        self.head: FaceHead = head(embedding_size=backbone.embedding_size, num_classes=num_classes)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.num_classes = num_classes

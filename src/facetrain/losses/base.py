@@ -1,0 +1,129 @@
+"""Common interface of the classification heads: a head owns the class weights and returns loss, logits and cosines.
+
+``CosineHead`` is the normalised-softmax skeleton shared by NormFace, SphereFace, CosFace, ArcFace and cam-softmax:
+logits = s · margin(cos θ, y) with cos θ = x̂·ŵ_j (Wang et al., NormFace, ACM MM 2017); subclasses only supply
+``margin`` from :mod:`facetrain.losses.functional`.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["CosineHead", "FaceHead", "HeadOutput", "check_int", "check_non_negative", "check_positive"]
+
+
+class HeadOutput(NamedTuple):
+    """What every head returns.
+
+    Attributes:
+        loss: Scalar cross-entropy loss averaged over the batch.
+        logits: B×C logits fed to the cross-entropy, already margin-adjusted and scaled.
+        cosine: B×C cosines between the L2-normalised embeddings and class weights (for accuracy and logging).
+    """
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    cosine: torch.Tensor
+
+
+def check_int(name: str, value: int, minimum: int) -> None:
+    """Raises ValueError unless ``value`` is an integer >= ``minimum`` (bools are rejected)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_positive(name: str, value: float) -> None:
+    """Raises ValueError unless ``value`` is a finite number > 0 (NaN fails the comparison and is rejected too)."""
+    if not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+
+
+def check_non_negative(name: str, value: float) -> None:
+    """Raises ValueError unless ``value`` is a finite number >= 0."""
+    if not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+
+
+class FaceHead(nn.Module):
+    """Base class of all heads: ``forward(embeddings, labels) -> HeadOutput`` plus two hooks for the training module."""
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
+        """Computes the loss of a batch.
+
+        Args:
+            embeddings: Backbone embeddings (B×D), not normalised.
+            labels: Class labels (B,).
+
+        Returns:
+            Loss, scaled logits and cosines.
+        """
+        raise NotImplementedError
+
+    def on_optimizer_step(self) -> None:
+        """Advances schedules kept in buffers; the training module calls it after every optimizer step."""
+
+    def log_values(self) -> dict[str, torch.Tensor]:
+        """Scalars to log every step (e.g. the current margin hyper-parameter); empty by default."""
+        return {}
+
+
+class CosineHead(FaceHead):
+    """Normalised-softmax head: logits = s · margin(cos θ, y), loss = cross-entropy(logits, y).
+
+    Args:
+        embedding_size: Embedding dimension D.
+        num_classes: Number of identities C.
+        scale: Logit scale s > 0. ``None`` keeps the features un-normalised in the logits, i.e. the scale is the
+            per-sample feature norm ‖x‖ (original A-Softmax); only heads that document it should allow ``None``.
+    """
+
+    def __init__(self, embedding_size: int, num_classes: int, scale: float | None) -> None:
+        super().__init__()
+        name = type(self).__name__
+        check_int(f"{name} embedding_size", embedding_size, 1)
+        check_int(f"{name} num_classes", num_classes, 2)
+        if scale is not None:
+            check_positive(f"{name} scale", scale)
+        self.embedding_size = int(embedding_size)
+        self.num_classes = int(num_classes)
+        self.scale = None if scale is None else float(scale)
+        # N(0, 0.01) as in InsightFace's Partial FC; rows are re-normalised in every forward, so only directions matter.
+        self.weight = nn.Parameter(torch.empty(self.num_classes, self.embedding_size))
+        nn.init.normal_(self.weight, std=0.01)
+
+    def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cosines x̂·ŵ_j between L2-normalised embeddings (B×D) and class weights, shape B×C."""
+        return F.linear(F.normalize(embeddings, dim=1), F.normalize(self.weight, dim=1))
+
+    def logit_scale(self, embeddings: torch.Tensor) -> torch.Tensor | float:
+        """The factor s applied after the margin: the fixed scale, or ‖x‖ (B×1) when ``scale`` is None."""
+        if self.scale is None:
+            return embeddings.norm(dim=1, keepdim=True)
+        return self.scale
+
+    def margin(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Margin-adjusted cosines (B×C) before scaling; implemented by each head with a ``functional`` form."""
+        raise NotImplementedError
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
+        """Computes logits = s · margin(cos, labels) and their cross-entropy.
+
+        Args:
+            embeddings: Backbone embeddings (B×D), not normalised.
+            labels: Class labels (B,).
+
+        Returns:
+            Loss, scaled logits and cosines.
+        """
+        cos = self.cosine(embeddings)
+        logits = self.logit_scale(embeddings) * self.margin(cos, labels)
+        return HeadOutput(F.cross_entropy(logits, labels), logits, cos)
+
+    def extra_repr(self) -> str:
+        return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}, scale={self.scale}"

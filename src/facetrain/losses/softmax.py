@@ -1,0 +1,45 @@
+"""Plain softmax classifier head: an un-normalised linear layer followed by cross-entropy.
+
+The baseline of every margin paper ("Softmax" rows of SphereFace, CosFace and ArcFace tables): logits = W·x + b.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from facetrain.losses.base import FaceHead, HeadOutput, check_int
+
+__all__ = ["SoftmaxHead"]
+
+
+class SoftmaxHead(FaceHead):
+    """Linear layer + cross-entropy; cosines are computed without gradient, for logging and accuracy only.
+
+    Args:
+        embedding_size: Embedding dimension D.
+        num_classes: Number of identities C.
+        bias: Whether the linear layer has a bias.
+    """
+
+    def __init__(self, embedding_size: int, num_classes: int, bias: bool = True) -> None:
+        super().__init__()
+        check_int("SoftmaxHead embedding_size", embedding_size, 1)
+        check_int("SoftmaxHead num_classes", num_classes, 2)
+        self.fc = nn.Linear(int(embedding_size), int(num_classes), bias=bias)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
+        """Computes logits = W·x + b and their cross-entropy.
+
+        Args:
+            embeddings: Backbone embeddings (B×D).
+            labels: Class labels (B,).
+
+        Returns:
+            Loss, logits and (gradient-free) cosines.
+        """
+        logits = self.fc(embeddings)
+        with torch.no_grad():
+            cos = F.linear(F.normalize(embeddings, dim=1), F.normalize(self.fc.weight, dim=1))
+        return HeadOutput(F.cross_entropy(logits, labels), logits, cos)
