@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,24 +16,33 @@ from omegaconf import DictConfig
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
+Composer = Callable[..., DictConfig]
 
-@pytest.fixture
-def compose_cfg(tmp_path: Path) -> Iterator:
-    """Compose ``train.yaml`` with overrides; paths point into ``tmp_path``."""
+
+def _composer(tmp_path: Path) -> Composer:
+    """Compose ``train.yaml`` with overrides; data and outputs go under ``tmp_path``."""
 
     def _compose(*overrides: str) -> DictConfig:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             return compose(
                 "train",
-                overrides=[
-                    f"paths.root_dir={tmp_path}",
-                    f"paths.output_dir={tmp_path / 'run'}",
-                    *overrides,
-                ],
+                overrides=[f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path / 'run'}", *overrides],
             )
 
-    yield _compose
+    return _compose
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Iterator[Composer]:
+    yield _composer(tmp_path)
+    GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def compose_cfg_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Composer]:
+    """Module-scoped variant of :func:`compose_cfg` for expensive module-level fixtures."""
+    yield _composer(tmp_path_factory.mktemp("cfg"))
     GlobalHydra.instance().clear()
 
 

@@ -44,7 +44,6 @@ def test_run_directory_contents(smoke_run: Path) -> None:
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     for key in EXPECTED_KEYS:
         assert key in metrics, f"{key} missing from metrics.json: {sorted(metrics)}"
-        assert 0.0 <= metrics[key] or key == "train/loss"
     assert 0.0 <= metrics["lfw/acc"] <= 1.0
     assert metrics["train/cam_c"] < 1.5707963267948966  # the linear schedule moved c
     assert (smoke_run / ".hydra" / "config.yaml").is_file()
@@ -56,7 +55,16 @@ def test_tensorboard_has_curves_and_roc_figures(smoke_run: Path) -> None:
     events = EventAccumulator(str(smoke_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in ["train/loss", "train/acc", "train/lr", "train/theta_target", "train/cam_c", "val/lfw/acc", "val/ytf/acc"]:
+    expected = [
+        "train/loss",
+        "train/acc",
+        "train/lr",
+        "train/theta_target",
+        "train/cam_c",
+        "val/lfw/acc",
+        "val/ytf/acc",
+    ]
+    for tag in expected:
         assert tag in scalars, f"{tag} not logged; have {sorted(scalars)}"
     images = set(events.Tags()["images"])
     assert {"val/lfw/roc", "val/ytf/roc"} <= images

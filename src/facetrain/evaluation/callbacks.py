@@ -222,4 +222,3 @@ class VideoVerification(VerificationCallback):
         np.add.at(sums, self._owner, embeddings)
         videos = sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(min=1e-12)
         return np.sum(videos[self._left] * videos[self._right], axis=1)
-

@@ -17,7 +17,9 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
 
-def _as_arrays(scores: Sequence[float] | np.ndarray, issame: Sequence[bool] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _as_arrays(
+    scores: Sequence[float] | np.ndarray, issame: Sequence[bool] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     scores = np.asarray(scores, dtype=np.float64).ravel()
     issame = np.asarray(issame).astype(bool).ravel()
     if scores.shape != issame.shape:
@@ -33,7 +35,9 @@ def fold_ids(n_pairs: int, n_folds: int) -> np.ndarray:
     """Fold index of each pair when ``n_pairs`` pairs in file order form ``n_folds`` consecutive blocks."""
     if not 2 <= n_folds <= n_pairs:
         raise ValueError(f"n_folds must be in [2, {n_pairs}] for {n_pairs} pairs, got {n_folds}")
-    return np.concatenate([np.full(len(block), k) for k, block in enumerate(np.array_split(np.arange(n_pairs), n_folds))])
+    return np.concatenate(
+        [np.full(len(block), k) for k, block in enumerate(np.array_split(np.arange(n_pairs), n_folds))]
+    )
 
 
 def accuracy_at(scores: np.ndarray, issame: np.ndarray, threshold: float) -> float:

@@ -93,4 +93,3 @@ class FaceRecognitionModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.run_config is not None:
             checkpoint["facetrain_config"] = self.run_config
-

@@ -48,9 +48,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def collect_metrics(
-    trainer: pl.Trainer, evaluators: list[VerificationCallback], num_classes: int
-) -> dict[str, Any]:
+def collect_metrics(trainer: pl.Trainer, evaluators: list[VerificationCallback], num_classes: int) -> dict[str, Any]:
     """Flat final metrics: every evaluation set's results plus the last training scalars."""
     metrics: dict[str, Any] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
     metrics["num_classes"] = num_classes
