@@ -35,7 +35,8 @@ def _smoke(tmp: Path, *extra: str) -> list[str]:
 def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("smoke")
     run_dir = tmp / "run"
-    proc = run_train(*_smoke(tmp, f"hydra.run.dir={run_dir}", "loss=cam_softmax"))
+    # The issue's own example command, on the tiny smoke set.
+    proc = run_train(*_smoke(tmp, f"hydra.run.dir={run_dir}", "loss=cam_softmax", "backbone=resnet50"))
     assert proc.returncode == 0, proc.stderr[-4000:]
     return run_dir
 
@@ -82,6 +83,7 @@ def test_checkpoint_is_plain_data_and_resumes(smoke_run: Path, tmp_path: Path) -
         "experiment=smoke",
         f"paths.data_dir={data_dir}",
         "loss=cam_softmax",
+        "backbone=resnet50",
         f"hydra.run.dir={run_dir}",
         f"ckpt_path={smoke_run / 'checkpoints' / 'last.ckpt'}",
         "trainer.max_epochs=2",

@@ -1,0 +1,332 @@
+"""Readers and writers for the LFW ``pairs.txt`` and YouTube Faces ``splits.txt`` verification protocols.
+
+Both protocols are lists of pairs with a same/not-same label, grouped into 10 folds in file order; they are parsed
+into one :class:`PairList`. The readers are strict: a malformed file raises a single ``ValueError`` naming the file,
+the 1-based line number and what was expected, because a silently mis-parsed protocol file yields plausible but
+wrong accuracies (e.g. a header-less copy of ``pairs.txt`` shifts every fold boundary).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "PairList",
+    "check_images_exist",
+    "read_lfw_pairs",
+    "read_ytf_splits",
+    "write_lfw_pairs",
+    "write_ytf_splits",
+]
+
+YTF_HEADER = "split number, pair number, first name, second name, is same"
+
+# Accepted spellings of the YTF "same" column; the official file uses 1/0, some re-exports use booleans.
+_YTF_SAME_VALUES = {"1": True, "0": False, "true": True, "false": False}
+
+MatchedPair = tuple[str, int, int]
+MismatchedPair = tuple[str, int, str, int]
+
+
+@dataclass(frozen=True, eq=False)  # eq would compare numpy arrays element-wise and fail
+class PairList:
+    """Verification pairs with labels and fold assignment.
+
+    Attributes:
+        left: Path of the first item of each pair, relative to the dataset root (an image for LFW, a video
+            directory ``Name/<video>`` for YTF).
+        right: Path of the second item of each pair, relative to the same root.
+        issame: Boolean array, True where both items show the same identity.
+        folds: Integer array with the 0-based fold (LFW set / YTF split) of each pair.
+    """
+
+    left: list[str]
+    right: list[str]
+    issame: np.ndarray
+    folds: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.left)
+        if not (len(self.right) == len(self.issame) == len(self.folds) == n):
+            raise ValueError(
+                f"PairList fields have different lengths: left={n}, right={len(self.right)}, "
+                f"issame={len(self.issame)}, folds={len(self.folds)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.left)
+
+    @property
+    def n_folds(self) -> int:
+        """Number of distinct folds."""
+        return int(np.unique(self.folds).size)
+
+
+def _read_lines(path: Path) -> list[str]:
+    """Returns the lines of a protocol file without trailing blank lines.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If the file is empty.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"protocol file not found: {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    # A trailing newline (or several) is common and harmless; blank lines inside the file are not tolerated.
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise ValueError(f"{path}: file is empty")
+    return lines
+
+
+def _image_number(path: Path, lineno: int, token: str) -> int:
+    """Parses a 1-based LFW image number, raising a located ValueError."""
+    try:
+        number = int(token)
+    except ValueError:
+        raise ValueError(f"{path}:{lineno}: image number must be an integer, got {token!r}") from None
+    if number < 1:
+        raise ValueError(f"{path}:{lineno}: image number must be >= 1 (LFW numbers images from 1), got {number}")
+    return number
+
+
+def _parse_lfw_header(path: Path, line: str) -> tuple[int, int]:
+    """Parses the ``<n_folds>\\t<n_per_fold>`` header of ``pairs.txt``."""
+    fields = line.split()
+    hint = " (the file seems to lack its header line)" if len(fields) in (3, 4) else ""
+    if len(fields) != 2:
+        raise ValueError(
+            f"{path}:1: expected header '<n_folds><TAB><pairs_per_fold>', got {len(fields)} fields{hint}: {line!r}"
+        )
+    try:
+        n_folds, n_per_fold = int(fields[0]), int(fields[1])
+    except ValueError:
+        raise ValueError(f"{path}:1: header fields must be integers, got {line!r}") from None
+    if n_folds < 1 or n_per_fold < 1:
+        raise ValueError(f"{path}:1: header values must be positive, got {line!r}")
+    return n_folds, n_per_fold
+
+
+def _parse_lfw_pair(path: Path, lineno: int, line: str, matched: bool, ext: str) -> tuple[str, str]:
+    """Parses one matched (3-field) or mismatched (4-field) line into two image paths."""
+    fields = line.split()
+    expected, kind = (
+        (3, "matched pair 'name<TAB>n1<TAB>n2'") if matched else (4, "mismatched pair 'name1<TAB>n1<TAB>name2<TAB>n2'")
+    )
+    if len(fields) != expected:
+        other = {3: " (a matched line)", 4: " (a mismatched line)"}.get(len(fields), "")
+        raise ValueError(f"{path}:{lineno}: expected a {kind}, got {len(fields)} fields{other}: {line!r}")
+    if matched:
+        name, n1, n2 = fields[0], _image_number(path, lineno, fields[1]), _image_number(path, lineno, fields[2])
+        if n1 == n2:
+            raise ValueError(f"{path}:{lineno}: matched pair uses the same image twice: {line!r}")
+        name1, name2 = name, name
+    else:
+        name1, name2 = fields[0], fields[2]
+        n1, n2 = _image_number(path, lineno, fields[1]), _image_number(path, lineno, fields[3])
+        if name1 == name2:
+            raise ValueError(f"{path}:{lineno}: mismatched pair names the same person twice: {line!r}")
+    return f"{name1}/{name1}_{n1:04d}.{ext}", f"{name2}/{name2}_{n2:04d}.{ext}"
+
+
+def read_lfw_pairs(pairs_file: str | os.PathLike[str], ext: str = "jpg") -> PairList:
+    """Reads an LFW View-2 ``pairs.txt``.
+
+    Layout: a header ``<n_folds>\\t<n>``, then for each fold ``n`` matched lines ``name\\tn1\\tn2`` followed by
+    ``n`` mismatched lines ``name1\\tn1\\tname2\\tn2``. Folds follow file order (pair ``i`` is in fold
+    ``i // (2 n)``), as the official protocol requires.
+
+    Args:
+        pairs_file: Path of ``pairs.txt``.
+        ext: Image file extension used to build the image paths ``Name/Name_0001.<ext>``.
+
+    Returns:
+        The pairs, with paths relative to the LFW image root.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If the file does not follow the layout; the message names the file and line.
+    """
+    path = Path(pairs_file)
+    lines = _read_lines(path)
+    n_folds, n = _parse_lfw_header(path, lines[0])
+    expected_lines = 1 + n_folds * 2 * n
+    left: list[str] = []
+    right: list[str] = []
+    for i, line in enumerate(lines[1:expected_lines]):
+        lineno = i + 2
+        a, b = _parse_lfw_pair(path, lineno, line, matched=(i % (2 * n)) < n, ext=ext)
+        left.append(a)
+        right.append(b)
+    if len(lines) != expected_lines:
+        where = len(lines) + 1 if len(lines) < expected_lines else expected_lines + 1
+        raise ValueError(
+            f"{path}:{where}: wrong line count: header promises {n_folds} folds x ({n} matched + {n} mismatched) "
+            f"= {expected_lines} lines including the header, file has {len(lines)}"
+        )
+    index = np.arange(len(left))
+    return PairList(left, right, issame=(index % (2 * n)) < n, folds=index // (2 * n))
+
+
+def check_images_exist(pairs: PairList, root: str | os.PathLike[str]) -> None:
+    """Checks that every item referenced by ``pairs`` exists under ``root``.
+
+    Meant to run before any feature extraction, so a wrong root fails in a second instead of after an epoch.
+
+    Args:
+        pairs: Pairs whose ``left``/``right`` paths are relative to ``root``.
+        root: Dataset root directory.
+
+    Raises:
+        FileNotFoundError: Naming the first missing item, the index of the first pair using it and the total
+            number of missing items.
+    """
+    root = Path(root)
+    seen: dict[str, bool] = {}
+    first: tuple[str, int] | None = None
+    for index, (a, b) in enumerate(zip(pairs.left, pairs.right)):
+        for rel in (a, b):
+            if rel not in seen:
+                seen[rel] = (root / rel).exists()
+                if not seen[rel] and first is None:
+                    first = (rel, index)
+    if first is not None:
+        missing = sum(1 for ok in seen.values() if not ok)
+        raise FileNotFoundError(
+            f"{missing} of {len(seen)} items referenced by the pairs are missing under {root}; "
+            f"first missing: {root / first[0]} (pair {first[1]})"
+        )
+
+
+def _parse_ytf_row(path: Path, lineno: int, line: str) -> tuple[int, int, str, str, bool]:
+    """Parses one ``split, pair, Name/video, Name/video, same`` row of ``splits.txt``."""
+    fields = [f.strip() for f in line.split(",")]
+    if len(fields) != 5:
+        raise ValueError(
+            f"{path}:{lineno}: expected 5 comma-separated fields 'split, pair, Name/video, Name/video, same', "
+            f"got {len(fields)}: {line!r}"
+        )
+    try:
+        split, pair = int(fields[0]), int(fields[1])
+    except ValueError:
+        raise ValueError(f"{path}:{lineno}: split and pair numbers must be integers, got {line!r}") from None
+    for video in fields[2:4]:
+        parts = video.split("/")
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"{path}:{lineno}: expected a video 'Name/<video number>', got {video!r}")
+    same = _YTF_SAME_VALUES.get(fields[4].lower())
+    if same is None:
+        raise ValueError(f"{path}:{lineno}: 'same' must be 1 or 0 (or True/False), got {fields[4]!r}")
+    return split, pair, fields[2], fields[3], same
+
+
+def _looks_like_ytf_row(line: str) -> bool:
+    """True if a line parses as a data row, i.e. a header-less ``splits.txt``."""
+    first = line.split(",")[0].strip()
+    return first.isdigit() and line.count(",") == 4
+
+
+def read_ytf_splits(splits_file: str | os.PathLike[str]) -> PairList:
+    """Reads a YouTube Faces ``splits.txt``.
+
+    Layout: one header line, then rows ``split, pair, Name/video, Name/video, same`` separated by a comma and
+    optional spaces. Splits must be numbered 1..K in file order; pair numbers must increase within a split.
+
+    Args:
+        splits_file: Path of ``splits.txt``.
+
+    Returns:
+        The video pairs (paths ``Name/<video>`` relative to ``aligned_images_DB``), folds = split - 1.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If the file does not follow the layout; the message names the file and line.
+    """
+    path = Path(splits_file)
+    lines = _read_lines(path)
+    if _looks_like_ytf_row(lines[0]):
+        raise ValueError(f"{path}:1: expected a header line, got a data row (header-less copy?): {lines[0]!r}")
+    if len(lines) == 1:
+        raise ValueError(f"{path}:2: expected data rows after the header, file ends at line 1")
+    left, right, same, folds = [], [], [], []
+    prev_split, prev_pair = 0, 0
+    for lineno, line in enumerate(lines[1:], start=2):
+        split, pair, a, b, is_same = _parse_ytf_row(path, lineno, line)
+        if split == prev_split + 1:
+            prev_pair = 0
+        elif split != prev_split:
+            expected = "1" if prev_split == 0 else f"{prev_split} or {prev_split + 1}"
+            raise ValueError(
+                f"{path}:{lineno}: splits must be numbered 1..K in order; expected split {expected}, got {split}"
+            )
+        if pair <= prev_pair:
+            raise ValueError(
+                f"{path}:{lineno}: pair numbers must increase within split {split}, got {pair} after {prev_pair}"
+            )
+        prev_split, prev_pair = split, pair
+        left.append(a)
+        right.append(b)
+        same.append(is_same)
+        folds.append(split - 1)
+    return PairList(left, right, issame=np.array(same, dtype=bool), folds=np.array(folds, dtype=np.int64))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` via a temporary file and ``os.replace`` so readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_lfw_pairs(
+    path: str | os.PathLike[str],
+    folds: Sequence[tuple[Sequence[MatchedPair], Sequence[MismatchedPair]]],
+) -> None:
+    """Writes an LFW View-2 ``pairs.txt`` (tab separators, ``\\n`` line endings), atomically.
+
+    Args:
+        path: Destination file.
+        folds: Per fold, the matched pairs ``(name, n1, n2)`` and the mismatched pairs
+            ``(name1, n1, name2, n2)``; every fold must have the same number ``n`` of each.
+
+    Raises:
+        ValueError: If there are no folds or the folds do not all have ``n`` matched and ``n`` mismatched pairs.
+    """
+    if not folds:
+        raise ValueError("write_lfw_pairs: at least one fold is required")
+    n = len(folds[0][0])
+    out = [f"{len(folds)}\t{n}"]
+    for k, (matched, mismatched) in enumerate(folds):
+        if len(matched) != n or len(mismatched) != n or n == 0:
+            raise ValueError(
+                f"write_lfw_pairs: fold {k} has {len(matched)} matched and {len(mismatched)} mismatched pairs; "
+                f"pairs.txt needs the same positive number ({n}) of each in every fold"
+            )
+        out.extend(f"{name}\t{n1}\t{n2}" for name, n1, n2 in matched)
+        out.extend(f"{a}\t{n1}\t{b}\t{n2}" for a, n1, b, n2 in mismatched)
+    _atomic_write_text(Path(path), "\n".join(out) + "\n")
+
+
+def write_ytf_splits(path: str | os.PathLike[str], rows: Iterable[tuple[int, int, str, str, bool | int]]) -> None:
+    """Writes a YouTube Faces ``splits.txt`` (header line, ``", "`` separators), atomically.
+
+    Args:
+        path: Destination file.
+        rows: ``(split, pair, "Name/video", "Name/video", same)`` with 1-based split and pair numbers.
+    """
+    out = [YTF_HEADER]
+    out.extend(f"{split}, {pair}, {a}, {b}, {int(bool(same))}" for split, pair, a, b, same in rows)
+    _atomic_write_text(Path(path), "\n".join(out) + "\n")
