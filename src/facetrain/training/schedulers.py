@@ -51,9 +51,7 @@ def _one(step: int) -> float:
     return 1.0
 
 
-def warmup_multistep_factor(
-    step: int, warmup_steps: int, milestones: tuple[int, ...], gamma: float
-) -> float:
+def warmup_multistep_factor(step: int, warmup_steps: int, milestones: tuple[int, ...], gamma: float) -> float:
     """LR multiplier: linear warmup, then ×``gamma`` at every milestone passed."""
     warm = (step + 1) / warmup_steps if step < warmup_steps else 1.0
     return warm * gamma ** sum(step >= m for m in milestones)
