@@ -27,7 +27,7 @@ format: ## Apply ruff fixes and formatting
 	$(PYTHON) -m ruff check --fix src tests scripts train.py
 	$(PYTHON) -m ruff format src tests scripts train.py
 
-train: ## Train with the default config (synthetic data, resnet18, arcface)
+train: ## Train with the default config (synthetic data, resnet18, cam-softmax)
 	$(PYTHON) train.py
 
 clean: ## Remove caches

@@ -114,7 +114,7 @@ def test_multirun_every_head(tmp_path: Path) -> None:
     [
         (["data=casia_webface", "data.train_root=/nonexistent/casia"], "/nonexistent/casia"),
         (["backbone.model_name=resnet51"], "resnet51"),
-        (["loss.margin=-0.2"], "-0.2"),
+        (["loss=arcface", "loss.margin=-0.2"], "margin must be >= 0, got -0.2"),
         (["eval.lfw.pairs_file=PAIRS"], "Nobody_There"),
     ],
 )
