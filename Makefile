@@ -2,8 +2,9 @@
 VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help install test test-fast lint format train clean clean-logs
+.PHONY: help install test test-fast lint format train bench clean clean-logs
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -29,6 +30,9 @@ format: ## Apply ruff fixes and formatting
 
 train: ## Train with the default config (synthetic data, resnet18, cam-softmax)
 	$(PYTHON) train.py
+
+bench: ## Time every loss/ head vs a bare normalised-linear floor (BENCH_ARGS="--quick"); writes bench_results/heads.json
+	$(PYTHON) scripts/bench_heads.py $(BENCH_ARGS)
 
 clean: ## Remove caches
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

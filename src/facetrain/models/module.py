@@ -19,6 +19,41 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
 
+def target_and_nearest_cosines(cosine: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target cosine cos θ_y and the largest non-target cosine max_{j≠y} cos θ_j of every row.
+
+    ``topk(2)`` instead of masking the target column avoids a B×C copy: the nearest non-target is the best entry
+    unless that is the target, then the second best (a tie with the target is still reported correctly).
+
+    Args:
+        cosine: B×C cosines (C >= 2).
+        labels: Class labels (B,).
+
+    Returns:
+        Two (B,) tensors, clamped to [-1, 1] so that ``acos`` is defined.
+    """
+    cos_y = cosine.gather(1, labels[:, None].long()).squeeze(1)
+    top = cosine.topk(2, dim=1)
+    top_is_target = top.indices[:, 0] == labels
+    cos_nearest = torch.where(top_is_target, top.values[:, 1], top.values[:, 0])
+    return cos_y.clamp(-1, 1), cos_nearest.clamp(-1, 1)
+
+
+def angle_stats(cos_target: torch.Tensor, cos_nearest: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Mean and (population) std in degrees of the target angle θ_y and the nearest non-target angle.
+
+    The population std (``correction=0``) stays finite for a batch of one.
+    """
+    theta_y = torch.rad2deg(torch.acos(cos_target.float()))
+    theta_n = torch.rad2deg(torch.acos(cos_nearest.float()))
+    return {
+        "theta_target": theta_y.mean(),
+        "theta_target_std": theta_y.std(correction=0),
+        "theta_nearest": theta_n.mean(),
+        "theta_nearest_std": theta_n.std(correction=0),
+    }
+
+
 class FaceRecognitionModule(pl.LightningModule):
     """Backbone → embedding → margin head → cross-entropy, with per-step LR scheduling.
 
@@ -31,6 +66,8 @@ class FaceRecognitionModule(pl.LightningModule):
         optimizer: ``optimizer(params)`` builds the optimizer.
         num_classes: Training identities.
         scheduler: ``scheduler(optimizer, total_steps=...)`` builds a per-step LR schedule; None for a constant LR.
+        nan_check: Raise ``FloatingPointError`` as soon as a training loss is NaN or infinite. It reads the loss
+            back to the host every step (a device sync on accelerators); turn it off for the last percent of speed.
     """
 
     def __init__(
@@ -40,6 +77,7 @@ class FaceRecognitionModule(pl.LightningModule):
         optimizer: OptimizerFactory,
         num_classes: int,
         scheduler: SchedulerFactory | None = None,
+        nan_check: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -47,6 +85,7 @@ class FaceRecognitionModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.num_classes = num_classes
+        self.nan_check = bool(nan_check)
         # Set by the train task; stored in every checkpoint as plain data so a run can be rebuilt from it.
         self.run_config: dict[str, Any] | None = None
 
@@ -58,22 +97,43 @@ class FaceRecognitionModule(pl.LightningModule):
         """Raw embeddings for evaluation; callers normalise (after optional flip fusion)."""
         return self.backbone(images)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Loss of one batch, plus the detached target and nearest non-target cosines for callbacks.
+
+        Returns:
+            ``{"loss", "cos_target", "cos_nearest"}``; Lightning optimises ``loss`` and hands the whole dict to
+            ``Callback.on_train_batch_end`` (the angle histograms of ``facetrain.evaluation.head_curves``).
+        """
         images, labels = batch
         out: HeadOutput = self.head(self.backbone(images), labels)
-        self._log_step(out, labels)
-        return out.loss
+        if self.nan_check:
+            self._check_finite(out.loss, batch_idx)
+        with torch.no_grad():
+            cos_target, cos_nearest = target_and_nearest_cosines(out.cosine.detach(), labels)
+        self._log_step(out, labels, cos_target, cos_nearest)
+        return {"loss": out.loss, "cos_target": cos_target, "cos_nearest": cos_nearest}
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        # Failing at the first bad step names where it happened; otherwise NaN weights silently poison every later
+        # step and the checkpoint, and the run only shows a flat chance-level accuracy.
+        if not bool(torch.isfinite(loss.detach())):
+            raise FloatingPointError(
+                f"non-finite training loss {float(loss.detach())} at global step {self.global_step} "
+                f"(epoch {self.current_epoch}, batch {batch_idx}) with head {type(self.head).__name__}; "
+                "lower the learning rate or the head's scale/margin, or set model.nan_check=false to continue anyway"
+            )
 
     @torch.no_grad()
-    def _log_step(self, out: HeadOutput, labels: torch.Tensor) -> None:
+    def _log_step(
+        self, out: HeadOutput, labels: torch.Tensor, cos_target: torch.Tensor, cos_nearest: torch.Tensor
+    ) -> None:
         # Accuracy and angles come from the plain cosines, so heads with different margins stay comparable.
-        cos_y = out.cosine.gather(1, labels[:, None]).squeeze(1).clamp(-1, 1)
         values = {
             "train/loss": out.loss.detach(),
             "train/acc": (out.cosine.argmax(dim=1) == labels).float().mean(),
-            "train/theta_target": torch.rad2deg(torch.acos(cos_y)).mean(),
             "train/lr": torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"]),
         }
+        values.update({f"train/{k}": v for k, v in angle_stats(cos_target, cos_nearest).items()})
         values.update({f"train/{k}": v.detach().float() for k, v in self.head.log_values().items()})
         self.log_dict(values, prog_bar=False, batch_size=labels.shape[0])
         self.log("loss", values["train/loss"], prog_bar=True, logger=False, batch_size=labels.shape[0])

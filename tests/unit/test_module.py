@@ -1,0 +1,129 @@
+"""FaceRecognitionModule: angle statistics of a batch and the non-finite loss check."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from facetrain.losses import ArcFaceHead
+from facetrain.models.module import FaceRecognitionModule, angle_stats, target_and_nearest_cosines
+
+EMBED, CLASSES = 8, 4
+
+
+def _cos(degrees: list[list[float]]) -> torch.Tensor:
+    return torch.cos(torch.deg2rad(torch.tensor(degrees, dtype=torch.float64)))
+
+
+class NanAfter(nn.Module):
+    """A linear backbone whose output turns NaN from the ``nan_from``-th forward pass on (0-based)."""
+
+    def __init__(self, nan_from: int | None = None) -> None:
+        super().__init__()
+        self.embedding_size = EMBED
+        self.fc = nn.Linear(EMBED, EMBED)
+        self.nan_from = nan_from
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.fc(x)
+        if self.nan_from is not None and self.training and self.calls >= self.nan_from:
+            out = out * float("nan")
+        self.calls += 1
+        return out
+
+
+class RecordOutputs(pl.Callback):
+    """Keeps what ``training_step`` handed to ``on_train_batch_end``."""
+
+    def __init__(self) -> None:
+        self.outputs: list[object] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.outputs.append(outputs)
+
+
+def _fit(module: FaceRecognitionModule, max_steps: int, **trainer_kwargs: object) -> pl.Trainer:
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(32, EMBED, generator=gen), torch.randint(0, CLASSES, (32,), generator=gen))
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **trainer_kwargs,
+    )
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    return trainer
+
+
+def _module(nan_from: int | None = None, nan_check: bool = True) -> FaceRecognitionModule:
+    return FaceRecognitionModule(
+        backbone=NanAfter(nan_from),
+        head=lambda **kw: ArcFaceHead(**kw, scale=16.0),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.01),
+        num_classes=CLASSES,
+        nan_check=nan_check,
+    )
+
+
+def test_target_and_nearest_on_hand_made_cosines() -> None:
+    # Row 0: the target is the best class; row 1: the target is the last column; row 2: a non-target is closer.
+    cos = _cos([[30, 60, 90], [120, 45, 10], [20, 70, 100]])
+    labels = torch.tensor([0, 2, 1])
+    cos_y, cos_n = target_and_nearest_cosines(cos, labels)
+    np.testing.assert_allclose(torch.rad2deg(torch.acos(cos_y)), [30, 10, 70], atol=1e-9)
+    np.testing.assert_allclose(torch.rad2deg(torch.acos(cos_n)), [60, 45, 20], atol=1e-9)
+
+    stats = angle_stats(cos_y, cos_n)
+    assert float(stats["theta_target"]) == pytest.approx(np.mean([30, 10, 70]), abs=1e-3)
+    assert float(stats["theta_target_std"]) == pytest.approx(np.std([30, 10, 70]), abs=1e-3)
+    assert float(stats["theta_nearest"]) == pytest.approx(np.mean([60, 45, 20]), abs=1e-3)
+    assert float(stats["theta_nearest_std"]) == pytest.approx(np.std([60, 45, 20]), abs=1e-3)
+
+
+def test_nearest_handles_a_tie_with_the_target_and_clamps() -> None:
+    cos = torch.tensor([[0.5, 0.5, 0.1], [1.0000002, -0.3, -1.0000002]])
+    cos_y, cos_n = target_and_nearest_cosines(cos, torch.tensor([1, 0]))
+    assert cos_y.tolist() == pytest.approx([0.5, 1.0])
+    assert cos_n.tolist() == pytest.approx([0.5, -0.3])
+    stats = angle_stats(cos_y[:1], cos_n[:1])  # a batch of one: the population std is 0, not NaN
+    assert float(stats["theta_target_std"]) == 0.0
+    assert float(stats["theta_target"]) == pytest.approx(60.0, abs=1e-4)
+
+
+def test_training_logs_angle_statistics_and_returns_detached_cosines() -> None:
+    module, record = _module(), RecordOutputs()
+    trainer = _fit(module, max_steps=2, log_every_n_steps=1, callbacks=[record])
+    metrics = trainer.callback_metrics
+    for key in ["train/theta_target", "train/theta_target_std", "train/theta_nearest", "train/theta_nearest_std"]:
+        assert key in metrics, f"{key} not logged: {sorted(metrics)}"
+        assert 0.0 <= float(metrics[key]) <= 180.0
+    # Nearly random weights: both angles sit near 90 degrees, and the nearest of 3 non-targets is the closer one.
+    assert float(metrics["train/theta_nearest"]) < 90.0 + 1e-3
+
+    assert len(record.outputs) == 2
+    out = record.outputs[-1]
+    assert isinstance(out, dict) and {"loss", "cos_target", "cos_nearest"} <= set(out)
+    assert not out["cos_target"].requires_grad and not out["cos_nearest"].requires_grad
+    assert out["cos_target"].shape == out["cos_nearest"].shape == (4,)
+    assert bool((out["cos_nearest"] >= -1).all() and (out["cos_target"] <= 1).all())
+
+
+def test_nan_loss_raises_naming_the_step() -> None:
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at global step 2\b"):
+        _fit(_module(nan_from=2), max_steps=5)
+
+
+def test_nan_check_can_be_switched_off() -> None:
+    record = RecordOutputs()
+    _fit(_module(nan_from=1, nan_check=False), max_steps=2, callbacks=[record])
+    assert math.isnan(float(record.outputs[-1]["loss"]))
