@@ -111,6 +111,13 @@ class CosineHead(FaceHead):
         """Margin-adjusted cosines (B×C) before scaling; implemented by each head with a ``functional`` form."""
         raise NotImplementedError
 
+    def observe(self, cos: torch.Tensor, labels: torch.Tensor) -> None:
+        """Records batch statistics kept in buffers (training mode only, before the margin); no-op by default.
+
+        Keeping these updates out of :meth:`margin` lets validation passes and margin-curve probes call ``margin``
+        without side effects.
+        """
+
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
         """Computes logits = s · margin(cos, labels) and their cross-entropy.
 
@@ -122,6 +129,8 @@ class CosineHead(FaceHead):
             Loss, scaled logits and cosines.
         """
         cos = self.cosine(embeddings)
+        if self.training:
+            self.observe(cos, labels)
         logits = self.logit_scale(embeddings) * self.margin(cos, labels)
         return HeadOutput(F.cross_entropy(logits, labels), logits, cos)
 

@@ -39,7 +39,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from facetrain.losses.base import CosineHead, HeadOutput
+from facetrain.losses.base import CosineHead
 from facetrain.losses.functional import cam_softmax_logits
 
 __all__ = ["AdaptiveC", "AdaptiveCPolicy", "CPolicy", "CamSoftmaxHead", "FixedC", "LinearC"]
@@ -227,7 +227,10 @@ class CamSoftmaxHead(CosineHead):
             self.register_buffer("theta_count", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
-    def _observe(self, cos: torch.Tensor, labels: torch.Tensor) -> None:
+    def observe(self, cos: torch.Tensor, labels: torch.Tensor) -> None:
+        """An adaptive policy records the batch's target angles; c itself changes only at the next optimizer step."""
+        if not self.adaptive:
+            return
         # B acos only, no gradient: the statistic steers a hyper-parameter, it is not part of the loss.
         target = cos.gather(1, labels.reshape(-1, 1).long()).to(self.theta_sum.dtype).clamp(-1.0, 1.0)
         self.theta_sum.add_(torch.acos(target).sum())
@@ -236,24 +239,6 @@ class CamSoftmaxHead(CosineHead):
     def margin(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Applies the cam-softmax activation with the current c to the target cosines (no side effects)."""
         return cam_softmax_logits(cos, labels, self.c)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
-        """Computes the loss with the current c; an adaptive policy also records the batch's target angles.
-
-        Recording happens in training mode only and after the logits (it does not change c until the next optimizer
-        step), so validation passes and margin-curve probes through :meth:`margin` leave the statistics alone.
-
-        Args:
-            embeddings: Backbone embeddings (B×D), not normalised.
-            labels: Class labels (B,).
-
-        Returns:
-            Loss, scaled logits and cosines.
-        """
-        out = super().forward(embeddings, labels)
-        if self.adaptive and self.training:
-            self._observe(out.cosine, labels)
-        return out
 
     @torch.no_grad()
     def _adaptive_step(self) -> None:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
-from facetrain.losses.base import CosineHead, HeadOutput
+from facetrain.losses.base import CosineHead
 from facetrain.losses.functional import check_range, curricularface_logits
 
 __all__ = ["CurricularFaceHead"]
@@ -55,7 +54,8 @@ class CurricularFaceHead(CosineHead):
         self.register_buffer("t", torch.tensor(float(t_init), dtype=torch.float32))
 
     @torch.no_grad()
-    def _update_t(self, cos: torch.Tensor, labels: torch.Tensor) -> None:
+    def observe(self, cos: torch.Tensor, labels: torch.Tensor) -> None:
+        """Updates t from the batch before its logits, as the official code does."""
         # r = mean target cosine of the batch (Eq. 10); float32 so a bf16 forward does not quantise the EMA.
         r = cos.gather(1, labels.reshape(-1, 1).long()).float().clamp(-1.0, 1.0).mean()
         self.t.mul_(1.0 - self.momentum).add_(self.momentum * r.to(self.t.dtype))
@@ -63,22 +63,6 @@ class CurricularFaceHead(CosineHead):
     def margin(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Target margin and hard-negative reweighting with the current t; no side effects (t is updated in forward)."""
         return curricularface_logits(cos, labels, self.m, self.t)
-
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
-        """Updates t from the batch (training mode only), then returns the CurricularFace loss.
-
-        Args:
-            embeddings: Backbone embeddings (B×D), not normalised.
-            labels: Class labels (B,).
-
-        Returns:
-            Loss, scaled logits and cosines.
-        """
-        cos = self.cosine(embeddings)
-        if self.training:
-            self._update_t(cos, labels)
-        logits = self.scale * self.margin(cos, labels)
-        return HeadOutput(F.cross_entropy(logits, labels), logits, cos)
 
     def log_values(self) -> dict[str, torch.Tensor]:
         """Logs the curriculum parameter as ``curricular_t``."""
