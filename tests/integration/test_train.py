@@ -110,15 +110,18 @@ def test_multirun_every_head(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("overrides", "expected"),
+    ("overrides", "expected", "before_data"),
     [
-        (["data=casia_webface", "data.train_root=/nonexistent/casia"], "/nonexistent/casia"),
-        (["backbone.model_name=resnet51"], "resnet51"),
-        (["loss=arcface", "loss.margin=-0.2"], "margin must be >= 0, got -0.2"),
-        (["eval.lfw.pairs_file=PAIRS"], "Nobody_There"),
+        (["data=casia_webface", "data.train_root=/nonexistent/casia"], "/nonexistent/casia", False),
+        (["backbone.model_name=resnet51"], "resnet51", False),
+        (["loss=arcface", "loss.margin=-0.2"], "loss.margin=-0.2 is invalid: it must be a number in [0, pi)", True),
+        (["+trainer.max_epoch=2"], "did you mean trainer.max_epochs?", True),
+        (["eval.lfw.pairs_file=PAIRS"], "Nobody_There", False),
     ],
 )
-def test_bad_input_stops_before_training(tmp_path: Path, overrides: list[str], expected: str) -> None:
+def test_bad_input_stops_before_training(
+    tmp_path: Path, overrides: list[str], expected: str, before_data: bool
+) -> None:
     if "eval.lfw.pairs_file=PAIRS" in overrides:
         pairs = tmp_path / "pairs.txt"
         lines = ["10\t1"] + ["Nobody_There\t1\t2", "Nobody_There\t1\tNobody_Else\t1"] * 10
@@ -128,3 +131,5 @@ def test_bad_input_stops_before_training(tmp_path: Path, overrides: list[str], e
     assert proc.returncode != 0
     assert expected in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
+    if before_data:  # config errors are found before the synthetic set is generated
+        assert not (tmp_path / "data").exists()

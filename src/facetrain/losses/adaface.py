@@ -10,12 +10,14 @@ samples. Defaults s = 64, m = 0.4, h = 0.333, α = 0.01 from the paper and the o
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from facetrain.losses.base import CosineHead, HeadOutput
 from facetrain.losses.functional import adaface_logits, adaface_margin_scaler, check_range
+from facetrain.utils.schema import POSITIVE, PROBABILITY, Constraint, Interval
 
 __all__ = ["AdaFaceHead"]
 
@@ -35,6 +37,14 @@ class AdaFaceHead(CosineHead):
         h: Concentration of ẑ, > 0.
         t_alpha: EMA weight α in [0, 1] of the current batch statistics.
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        **CosineHead.config_constraints,
+        "margin": Interval(0.0, math.pi, high_open=True),
+        "h": POSITIVE,
+        "t_alpha": PROBABILITY,
+    }
 
     def __init__(
         self,

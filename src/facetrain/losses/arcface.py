@@ -10,11 +10,13 @@ margin under ``no_grad``, i.e. a straight-through variant; see insightface issue
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
 from facetrain.losses.base import CosineHead, check_non_negative
 from facetrain.losses.functional import arcface_logits
+from facetrain.utils.schema import Constraint, Interval, OneOf
 
 __all__ = ["ArcFaceHead"]
 
@@ -29,6 +31,13 @@ class ArcFaceHead(CosineHead):
         margin: Angular margin m in [0, π) radians (m = 0 is NormFace).
         easy_margin: Apply the margin only to targets with cos θ_y > 0 (InsightFace option).
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        **CosineHead.config_constraints,
+        "margin": Interval(0.0, math.pi, high_open=True),
+        "easy_margin": OneOf((True, False)),
+    }
 
     def __init__(
         self,

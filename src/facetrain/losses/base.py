@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from facetrain.utils.schema import POSITIVE, Constraint, Interval
 
 __all__ = ["CosineHead", "FaceHead", "HeadOutput", "check_int", "check_non_negative", "check_positive"]
 
@@ -83,6 +85,13 @@ class CosineHead(FaceHead):
             per-sample feature norm ‖x‖ (original A-Softmax); only heads that document it should allow ``None``.
     """
 
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        "embedding_size": Interval(1, integer=True),
+        "num_classes": Interval(2, integer=True),
+        "scale": POSITIVE,
+    }
+
     def __init__(self, embedding_size: int, num_classes: int, scale: float | None) -> None:
         super().__init__()
         name = type(self).__name__
@@ -90,6 +99,8 @@ class CosineHead(FaceHead):
         check_int(f"{name} num_classes", num_classes, 2)
         if scale is not None:
             check_positive(f"{name} scale", scale)
+        elif not type(self).config_constraints["scale"].allow_none:  # only heads that document ‖x‖ scaling
+            raise ValueError(f"{name} scale must be > 0, got None")
         self.embedding_size = int(embedding_size)
         self.num_classes = int(num_classes)
         self.scale = None if scale is None else float(scale)

@@ -35,12 +35,13 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
 from facetrain.losses.base import CosineHead
 from facetrain.losses.functional import cam_softmax_logits
+from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval
 
 __all__ = ["AdaptiveC", "AdaptiveCPolicy", "CPolicy", "CamSoftmaxHead", "FixedC", "LinearC"]
 
@@ -73,6 +74,9 @@ class FixedC:
         c: Angle in (0, π/2]; π/2 makes the head a NormFace head.
     """
 
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {"c": Interval(0.0, HALF_PI, low_open=True)}
+
     c: float = HALF_PI
 
     def __post_init__(self) -> None:
@@ -97,6 +101,21 @@ class LinearC:
         stop: Final c, 0 < stop <= start; reached after ceil((start − stop)/decay) steps.
         decay: Decrease of c per optimizer step, >= 0.
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        "start": Interval(0.0, HALF_PI, low_open=True),
+        "stop": Interval(0.0, HALF_PI, low_open=True),
+        "decay": NON_NEGATIVE,
+    }
+
+    @classmethod
+    def check_config(cls, values: dict[str, object]) -> str | None:
+        """Relation between keys, checked before the data is read: stop <= start."""
+        start, stop = values.get("start", HALF_PI), values.get("stop", math.pi / 4)
+        if isinstance(start, float | int) and isinstance(stop, float | int) and stop > start:
+            return f"stop={stop!r} must be <= start={start!r} (c only decreases)"
+        return None
 
     start: float = HALF_PI
     stop: float = math.pi / 4
@@ -153,6 +172,22 @@ class AdaptiveC:
         max_step: Largest decrease of c per optimizer step, >= 0 (0 freezes c).
     """
 
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        "start": Interval(0.0, HALF_PI, low_open=True),
+        "c_min": Interval(0.0, HALF_PI, low_open=True),
+        "momentum": Interval(0.0, 1.0, low_open=True),
+        "max_step": NON_NEGATIVE,
+    }
+
+    @classmethod
+    def check_config(cls, values: dict[str, object]) -> str | None:
+        """Relation between keys, checked before the data is read: c_min <= start."""
+        start, c_min = values.get("start", HALF_PI), values.get("c_min", math.pi / 4)
+        if isinstance(start, float | int) and isinstance(c_min, float | int) and c_min > start:
+            return f"c_min={c_min!r} must be <= start={start!r} (c only decreases)"
+        return None
+
     start: float = HALF_PI
     c_min: float = math.pi / 4
     momentum: float = 0.01
@@ -199,6 +234,9 @@ class CamSoftmaxHead(CosineHead):
             :class:`AdaptiveCPolicy`; ``None`` means ``LinearC()``, the official π/2 → π/4 schedule with decay 1e-4
             per step.
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {**CosineHead.config_constraints}
 
     def __init__(
         self,

@@ -10,10 +10,14 @@ described in :func:`facetrain.losses.functional.combined_logits`.
 
 from __future__ import annotations
 
+import math
+from typing import ClassVar
+
 import torch
 
 from facetrain.losses.base import CosineHead
 from facetrain.losses.functional import check_combined_margins, combined_logits
+from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval
 
 __all__ = ["CombinedMarginHead"]
 
@@ -29,6 +33,14 @@ class CombinedMarginHead(CosineHead):
         m2: Additive angular margin in [0, π) radians.
         m3: Additive cosine margin >= 0.
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        **CosineHead.config_constraints,
+        "m1": Interval(1.0),
+        "m2": Interval(0.0, math.pi, high_open=True),
+        "m3": NON_NEGATIVE,
+    }
 
     def __init__(
         self,

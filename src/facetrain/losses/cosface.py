@@ -7,10 +7,13 @@ paper's CASIA-WebFace setting.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from facetrain.losses.base import CosineHead, check_non_negative
 from facetrain.losses.functional import cosface_logits
+from facetrain.utils.schema import NON_NEGATIVE, Constraint
 
 __all__ = ["CosFaceHead"]
 
@@ -24,6 +27,9 @@ class CosFaceHead(CosineHead):
         scale: Logit scale s > 0.
         margin: Cosine margin m >= 0 (m = 0 is NormFace).
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {**CosineHead.config_constraints, "margin": NON_NEGATIVE}
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.35) -> None:
         check_non_negative("cosface margin", margin)

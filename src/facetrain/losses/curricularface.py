@@ -11,11 +11,13 @@ and hard negatives are down-weighted (easy samples first); as t grows they are e
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
 from facetrain.losses.base import CosineHead
 from facetrain.losses.functional import check_range, curricularface_logits
+from facetrain.utils.schema import PROBABILITY, Constraint, Interval
 
 __all__ = ["CurricularFaceHead"]
 
@@ -35,6 +37,14 @@ class CurricularFaceHead(CosineHead):
         momentum: EMA weight α in [0, 1] of the current batch in the update of t.
         t_init: Initial t (0 in the paper).
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        **CosineHead.config_constraints,
+        "margin": Interval(0.0, math.pi, high_open=True),
+        "momentum": PROBABILITY,
+        "t_init": Interval(-1.0, 1.0),
+    }
 
     def __init__(
         self,

@@ -10,11 +10,15 @@ The magnitude then encodes face quality.
 
 from __future__ import annotations
 
+import math
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
 from facetrain.losses.base import CosineHead, HeadOutput, check_non_negative
 from facetrain.losses.functional import check_magface_bounds, magface_logits, magface_regularizer
+from facetrain.utils.schema import NON_NEGATIVE, POSITIVE, Constraint, Interval
 
 __all__ = ["MagFaceHead"]
 
@@ -32,6 +36,25 @@ class MagFaceHead(CosineHead):
         u_m: Margin at a = u_a, in [l_m, π).
         lambda_g: Weight λ_g >= 0 of the regulariser g(a).
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        **CosineHead.config_constraints,
+        "l_a": POSITIVE,
+        "u_a": POSITIVE,
+        "l_m": Interval(0.0, math.pi, high_open=True),
+        "u_m": Interval(0.0, math.pi, high_open=True),
+        "lambda_g": NON_NEGATIVE,
+    }
+
+    @classmethod
+    def check_config(cls, values: dict[str, object]) -> str | None:
+        """Relations between keys, checked before the data is read: l_a < u_a and l_m < u_m."""
+        for low, high, defaults in (("l_a", "u_a", (10.0, 110.0)), ("l_m", "u_m", (0.45, 0.8))):
+            lo, hi = values.get(low, defaults[0]), values.get(high, defaults[1])
+            if isinstance(lo, float | int) and isinstance(hi, float | int) and not lo < hi:
+                return f"{low}={lo!r} must be < {high}={hi!r}"
+        return None
 
     def __init__(
         self,

@@ -7,10 +7,13 @@ bounded range of cosines. It is the c = π/2 limit of cam-softmax and the m = 0 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from facetrain.losses.base import CosineHead
 from facetrain.losses.functional import normface_logits
+from facetrain.utils.schema import Constraint
 
 __all__ = ["NormFaceHead"]
 
@@ -23,6 +26,9 @@ class NormFaceHead(CosineHead):
         num_classes: Number of identities C.
         scale: Logit scale s > 0 (ArcFace's CASIA ablation reports s = 20 better than s = 64 for this loss).
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {**CosineHead.config_constraints}
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float = 20.0) -> None:
         super().__init__(embedding_size, num_classes, scale)

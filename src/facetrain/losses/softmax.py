@@ -5,11 +5,14 @@ The baseline of every margin paper ("Softmax" rows of SphereFace, CosFace and Ar
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from facetrain.losses.base import FaceHead, HeadOutput, check_int
+from facetrain.utils.schema import Constraint, Interval, OneOf
 
 __all__ = ["SoftmaxHead"]
 
@@ -22,6 +25,13 @@ class SoftmaxHead(FaceHead):
         num_classes: Number of identities C.
         bias: Whether the linear layer has a bias.
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        "embedding_size": Interval(1, integer=True),
+        "num_classes": Interval(2, integer=True),
+        "bias": OneOf((True, False)),
+    }
 
     def __init__(self, embedding_size: int, num_classes: int, bias: bool = True) -> None:
         super().__init__()

@@ -8,10 +8,13 @@ plain logit, (λ·cos θ_y + ψ(θ_y)) / (1 + λ), and anneals λ = max(λ_min, 
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from facetrain.losses.base import CosineHead, check_int, check_non_negative
 from facetrain.losses.functional import sphereface_logits
+from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval
 
 __all__ = ["SphereFaceHead"]
 
@@ -36,6 +39,17 @@ class SphereFaceHead(CosineHead):
         lambda_power: power >= 0 of the decay.
         lambda_min: Floor λ_min >= 0 of λ for the rest of training.
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        **CosineHead.config_constraints,
+        "scale": Interval(0.0, low_open=True, allow_none=True),
+        "m": Interval(1, integer=True),
+        "lambda_base": NON_NEGATIVE,
+        "lambda_gamma": NON_NEGATIVE,
+        "lambda_power": NON_NEGATIVE,
+        "lambda_min": NON_NEGATIVE,
+    }
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ sub-centres instead of pulling the dominant one. Defaults K = 3, s = 64, m = 0.5
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from torch import nn
 
 from facetrain.losses.base import CosineHead, check_int
 from facetrain.losses.functional import arcface_logits, check_range, subcenter_max
+from facetrain.utils.schema import Constraint, Interval
 
 __all__ = ["SubCenterArcFaceHead"]
 
@@ -31,6 +33,13 @@ class SubCenterArcFaceHead(CosineHead):
         margin: Angular margin m in [0, π).
         k: Sub-centres per class, integer >= 1 (k = 1 is ArcFace).
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        **CosineHead.config_constraints,
+        "margin": Interval(0.0, math.pi, high_open=True),
+        "k": Interval(1, integer=True),
+    }
 
     def __init__(
         self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.5, k: int = 3

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from facetrain.evaluation.callbacks import VerificationCallback
 from facetrain.utils.instantiate import instantiate, instantiate_named
 from facetrain.utils.io import ensure_writable_dir, write_json_atomic
+from facetrain.utils.schema import validate_config
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Returns:
         The final metrics, also written to ``<output_dir>/metrics.json``.
     """
+    validate_config(cfg)  # keys and ranges, before any data is read or generated
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
