@@ -21,21 +21,41 @@ def _cos(degrees: list[list[float]]) -> torch.Tensor:
     return torch.cos(torch.deg2rad(torch.tensor(degrees, dtype=torch.float64)))
 
 
-class NanAfter(nn.Module):
-    """A linear backbone whose output turns NaN from the ``nan_from``-th forward pass on (0-based)."""
+class NanGrad(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradient is not."""
 
-    def __init__(self, nan_from: int | None = None) -> None:
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        return grad * float("nan")
+
+
+class NanAfter(nn.Module):
+    """A linear backbone whose output turns NaN from the ``nan_from``-th training forward pass on (0-based).
+
+    ``nan_at`` instead poisons only the listed passes; ``grad_nan_at`` keeps the output finite and poisons the gradient.
+    """
+
+    def __init__(
+        self, nan_from: int | None = None, nan_at: tuple[int, ...] = (), grad_nan_at: tuple[int, ...] = ()
+    ) -> None:
         super().__init__()
         self.embedding_size = EMBED
         self.fc = nn.Linear(EMBED, EMBED)
-        self.nan_from = nan_from
+        self.nan_from, self.nan_at, self.grad_nan_at = nan_from, nan_at, grad_nan_at
         self.calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.fc(x)
-        if self.nan_from is not None and self.training and self.calls >= self.nan_from:
-            out = out * float("nan")
-        self.calls += 1
+        if self.training:
+            if (self.nan_from is not None and self.calls >= self.nan_from) or self.calls in self.nan_at:
+                out = out * float("nan")
+            if self.calls in self.grad_nan_at:
+                out = NanGrad.apply(out)
+            self.calls += 1
         return out
 
 
@@ -65,13 +85,15 @@ def _fit(module: FaceRecognitionModule, max_steps: int, **trainer_kwargs: object
     return trainer
 
 
-def _module(nan_from: int | None = None, nan_check: bool = True) -> FaceRecognitionModule:
+def _module(
+    nan_from: int | None = None, nan_check: bool = True, skips: int = 0, **backbone: tuple[int, ...]
+) -> FaceRecognitionModule:
     return FaceRecognitionModule(
-        backbone=NanAfter(nan_from),
-        head=lambda **kw: ArcFaceHead(**kw, scale=16.0),
-        optimizer=lambda params: torch.optim.SGD(params, lr=0.01),
+        backbone=NanAfter(nan_from, **backbone),
+        head=lambda **kw: ArcFaceHead(**kw, scale=16.0, nan_check=nan_check),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4),
         num_classes=CLASSES,
-        nan_check=nan_check,
+        max_nonfinite_skips=skips,
     )
 
 
@@ -127,3 +149,46 @@ def test_nan_check_can_be_switched_off() -> None:
     record = RecordOutputs()
     _fit(_module(nan_from=1, nan_check=False), max_steps=2, callbacks=[record])
     assert math.isnan(float(record.outputs[-1]["loss"]))
+
+
+def test_nan_gradient_raises_naming_the_step_before_the_update() -> None:
+    module = _module(grad_nan_at=(3,))
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at global step 3 \(epoch 0, batch 3\)"):
+        _fit(module, max_steps=6)
+    assert all(bool(p.isfinite().all()) for p in module.parameters())  # the bad gradient never reached the weights
+
+
+def test_skip_mode_skips_a_bounded_number_of_batches() -> None:
+    module = _module(skips=2, nan_at=(1,), grad_nan_at=(3,))
+    before: dict[str, torch.Tensor] = {}
+
+    class Snapshot(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+            if batch_idx in (1, 3):
+                before[str(batch_idx)] = pl_module.backbone.fc.weight.detach().clone()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+            if batch_idx in (1, 3):  # a skipped batch leaves the weights exactly as they were
+                assert torch.equal(before[str(batch_idx)], pl_module.backbone.fc.weight)
+
+    trainer = _fit(module, max_steps=6, callbacks=[Snapshot()])
+    assert int(module.nonfinite_skipped) == 2
+    assert trainer.global_step >= 5
+    assert all(bool(p.isfinite().all()) for p in module.parameters())
+    # The bound is a bound: a third bad batch stops the run.
+    with pytest.raises(FloatingPointError, match="after skipping 2 batches"):
+        _fit(_module(skips=2, nan_at=(1, 2, 4)), max_steps=8)
+
+
+def test_non_finite_weights_are_never_checkpointed() -> None:
+    module = _module()
+    module.on_save_checkpoint({})  # finite: fine
+    with torch.no_grad():
+        module.backbone.fc.weight[0, 0] = float("inf")
+    with pytest.raises(FloatingPointError, match=r"refusing to save a checkpoint .*backbone\.fc\.weight"):
+        module.on_save_checkpoint({})
+
+
+def test_max_nonfinite_skips_is_validated() -> None:
+    with pytest.raises(ValueError, match="model.max_nonfinite_skips must be an integer >= 0, got -1"):
+        _module(skips=-1)

@@ -54,11 +54,12 @@ class AdaFaceHead(CosineHead):
         margin: float = 0.4,
         h: float = 0.333,
         t_alpha: float = 0.01,
+        nan_check: bool = True,
     ) -> None:
         check_range("adaface margin", margin, 0.0, math.pi, high_open=True)
         check_range("adaface h", h, 0.0, math.inf, low_open=True, high_open=True)
         check_range("adaface t_alpha", t_alpha, 0.0, 1.0)
-        super().__init__(embedding_size, num_classes, scale)
+        super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m, self.h, self.t_alpha = float(margin), float(h), float(t_alpha)
         self.register_buffer("batch_mean", torch.tensor(20.0))
         self.register_buffer("batch_std", torch.tensor(100.0))

@@ -46,11 +46,12 @@ class ArcFaceHead(CosineHead):
         scale: float = 64.0,
         margin: float = 0.5,
         easy_margin: bool = False,
+        nan_check: bool = True,
     ) -> None:
         check_non_negative("arcface margin", margin)
         if margin >= math.pi:
             raise ValueError(f"arcface margin must be < pi, got {margin!r}")
-        super().__init__(embedding_size, num_classes, scale)
+        super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m = float(margin)
         self.easy_margin = bool(easy_margin)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facetrain.utils.schema import POSITIVE, Constraint, Interval
+from facetrain.utils.schema import POSITIVE, Constraint, Interval, OneOf
 
 __all__ = ["CosineHead", "FaceHead", "HeadOutput", "check_int", "check_non_negative", "check_positive"]
 
@@ -53,7 +53,18 @@ def check_non_negative(name: str, value: float) -> None:
 
 
 class FaceHead(nn.Module):
-    """Base class of all heads: ``forward(embeddings, labels) -> HeadOutput`` plus two hooks for the training module."""
+    """Base class of all heads: ``forward(embeddings, labels) -> HeadOutput`` plus two hooks for the training module.
+
+    Args:
+        nan_check: ``loss.nan_check``: the training module stops with ``FloatingPointError`` naming the global step as
+            soon as this head's loss is NaN or infinite (one host sync per step; false turns it off).
+    """
+
+    def __init__(self, nan_check: bool = True) -> None:
+        super().__init__()
+        if not isinstance(nan_check, bool):
+            raise ValueError(f"nan_check must be true or false, got {nan_check!r}")
+        self.nan_check = nan_check
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
         """Computes the loss of a batch.
@@ -87,13 +98,14 @@ class CosineHead(FaceHead):
 
     #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
+        "nan_check": OneOf((True, False)),
         "embedding_size": Interval(1, integer=True),
         "num_classes": Interval(2, integer=True),
         "scale": POSITIVE,
     }
 
-    def __init__(self, embedding_size: int, num_classes: int, scale: float | None) -> None:
-        super().__init__()
+    def __init__(self, embedding_size: int, num_classes: int, scale: float | None, nan_check: bool = True) -> None:
+        super().__init__(nan_check)
         name = type(self).__name__
         check_int(f"{name} embedding_size", embedding_size, 1)
         check_int(f"{name} num_classes", num_classes, 2)

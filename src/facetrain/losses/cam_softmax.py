@@ -244,6 +244,7 @@ class CamSoftmaxHead(CosineHead):
         num_classes: int,
         scale: float = 20.0,
         c_policy: CPolicy | AdaptiveCPolicy | None = None,
+        nan_check: bool = True,
     ) -> None:
         policy = LinearC() if c_policy is None else c_policy
         adaptive = isinstance(policy, AdaptiveCPolicy)
@@ -254,7 +255,7 @@ class CamSoftmaxHead(CosineHead):
             )
         initial = policy.initial()
         _check_c(f"cam-softmax c_policy.initial() of {policy!r}", initial)
-        super().__init__(embedding_size, num_classes, scale)
+        super().__init__(embedding_size, num_classes, scale, nan_check)
         self.c_policy = policy
         self.register_buffer("c", torch.tensor(float(initial), dtype=torch.float64))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))

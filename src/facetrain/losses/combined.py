@@ -50,9 +50,10 @@ class CombinedMarginHead(CosineHead):
         m1: float = 1.0,
         m2: float = 0.3,
         m3: float = 0.2,
+        nan_check: bool = True,
     ) -> None:
         check_combined_margins(m1, m2, m3)
-        super().__init__(embedding_size, num_classes, scale)
+        super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
 
     def margin(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

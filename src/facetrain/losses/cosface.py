@@ -31,9 +31,11 @@ class CosFaceHead(CosineHead):
     #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {**CosineHead.config_constraints, "margin": NON_NEGATIVE}
 
-    def __init__(self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.35) -> None:
+    def __init__(
+        self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.35, nan_check: bool = True
+    ) -> None:
         check_non_negative("cosface margin", margin)
-        super().__init__(embedding_size, num_classes, scale)
+        super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m = float(margin)
 
     def margin(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -54,11 +54,12 @@ class CurricularFaceHead(CosineHead):
         margin: float = 0.5,
         momentum: float = 0.01,
         t_init: float = 0.0,
+        nan_check: bool = True,
     ) -> None:
         check_range("curricularface margin", margin, 0.0, math.pi, high_open=True)
         check_range("curricularface momentum", momentum, 0.0, 1.0)
         check_range("curricularface t_init", t_init, -1.0, 1.0)
-        super().__init__(embedding_size, num_classes, scale)
+        super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m = float(margin)
         self.momentum = float(momentum)
         self.register_buffer("t", torch.tensor(float(t_init), dtype=torch.float32))

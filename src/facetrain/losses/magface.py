@@ -66,10 +66,11 @@ class MagFaceHead(CosineHead):
         l_m: float = 0.45,
         u_m: float = 0.8,
         lambda_g: float = 35.0,
+        nan_check: bool = True,
     ) -> None:
         check_magface_bounds(l_a, u_a, l_m, u_m)
         check_non_negative("magface lambda_g", lambda_g)
-        super().__init__(embedding_size, num_classes, scale)
+        super().__init__(embedding_size, num_classes, scale, nan_check)
         self.l_a, self.u_a, self.l_m, self.u_m = float(l_a), float(u_a), float(l_m), float(u_m)
         self.lambda_g = float(lambda_g)
 

@@ -30,8 +30,8 @@ class NormFaceHead(CosineHead):
     #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {**CosineHead.config_constraints}
 
-    def __init__(self, embedding_size: int, num_classes: int, scale: float = 20.0) -> None:
-        super().__init__(embedding_size, num_classes, scale)
+    def __init__(self, embedding_size: int, num_classes: int, scale: float = 20.0, nan_check: bool = True) -> None:
+        super().__init__(embedding_size, num_classes, scale, nan_check)
 
     def margin(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Returns the cosines unchanged."""

@@ -28,13 +28,14 @@ class SoftmaxHead(FaceHead):
 
     #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
+        "nan_check": OneOf((True, False)),
         "embedding_size": Interval(1, integer=True),
         "num_classes": Interval(2, integer=True),
         "bias": OneOf((True, False)),
     }
 
-    def __init__(self, embedding_size: int, num_classes: int, bias: bool = True) -> None:
-        super().__init__()
+    def __init__(self, embedding_size: int, num_classes: int, bias: bool = True, nan_check: bool = True) -> None:
+        super().__init__(nan_check)
         check_int("SoftmaxHead embedding_size", embedding_size, 1)
         check_int("SoftmaxHead num_classes", num_classes, 2)
         self.fc = nn.Linear(int(embedding_size), int(num_classes), bias=bias)

@@ -61,6 +61,7 @@ class SphereFaceHead(CosineHead):
         lambda_gamma: float = 0.12,
         lambda_power: float = 1.0,
         lambda_min: float = 5.0,
+        nan_check: bool = True,
     ) -> None:
         check_int("sphereface margin m", m, 1)
         for name, value in [
@@ -70,7 +71,7 @@ class SphereFaceHead(CosineHead):
             ("lambda_min", lambda_min),
         ]:
             check_non_negative(f"sphereface {name}", value)
-        super().__init__(embedding_size, num_classes, scale)
+        super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m = int(m)
         self.lambda_base = float(lambda_base)
         self.lambda_gamma = float(lambda_gamma)

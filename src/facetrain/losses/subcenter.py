@@ -42,11 +42,17 @@ class SubCenterArcFaceHead(CosineHead):
     }
 
     def __init__(
-        self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.5, k: int = 3
+        self,
+        embedding_size: int,
+        num_classes: int,
+        scale: float = 64.0,
+        margin: float = 0.5,
+        k: int = 3,
+        nan_check: bool = True,
     ) -> None:
         check_int("subcenter_arcface k", k, 1)
         check_range("subcenter_arcface margin", margin, 0.0, math.pi, high_open=True)
-        super().__init__(embedding_size, num_classes, scale)
+        super().__init__(embedding_size, num_classes, scale, nan_check)
         self.k = int(k)
         self.m = float(margin)
         # Replaces the C×D weight of CosineHead; same N(0, 0.01) init.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
 import torch
@@ -13,10 +14,13 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from facetrain.losses.base import FaceHead, HeadOutput
+from facetrain.utils.schema import Constraint, Interval
 
 HeadFactory = Callable[..., nn.Module]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
+
+log = logging.getLogger(__name__)
 
 
 def target_and_nearest_cosines(cosine: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,9 +70,18 @@ class FaceRecognitionModule(pl.LightningModule):
         optimizer: ``optimizer(params)`` builds the optimizer.
         num_classes: Training identities.
         scheduler: ``scheduler(optimizer, total_steps=...)`` builds a per-step LR schedule; None for a constant LR.
-        nan_check: Raise ``FloatingPointError`` as soon as a training loss is NaN or infinite. It reads the loss
-            back to the host every step (a device sync on accelerators); turn it off for the last percent of speed.
+        max_nonfinite_skips: What to do when the head's ``nan_check`` (``loss.nan_check``, on by default) finds a
+            NaN/Inf loss or gradient: 0 stops with ``FloatingPointError`` naming the global step; N > 0 skips up to N
+            such batches over the whole run (no weight update; the LR and head schedules still advance), for fp16
+            users whose loss scaler occasionally overflows, and stops at the (N+1)-th. Skipping a batch relies on
+            Lightning's "training_step returned None", which is not supported under DDP; there, keep 0.
+
+    Non-finite weights are never checkpointed: :meth:`on_save_checkpoint` refuses them, so the last good checkpoint
+    survives a divergence.
     """
+
+    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {"max_nonfinite_skips": Interval(0, integer=True)}
 
     def __init__(
         self,
@@ -77,7 +90,7 @@ class FaceRecognitionModule(pl.LightningModule):
         optimizer: OptimizerFactory,
         num_classes: int,
         scheduler: SchedulerFactory | None = None,
-        nan_check: bool = True,
+        max_nonfinite_skips: int = 0,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -85,7 +98,12 @@ class FaceRecognitionModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.num_classes = num_classes
-        self.nan_check = bool(nan_check)
+        if isinstance(max_nonfinite_skips, bool) or not isinstance(max_nonfinite_skips, int) or max_nonfinite_skips < 0:
+            raise ValueError(f"model.max_nonfinite_skips must be an integer >= 0, got {max_nonfinite_skips!r}")
+        self.max_nonfinite_skips = max_nonfinite_skips
+        self._batch_idx = -1
+        # A buffer so that a resumed run keeps counting towards the same bound.
+        self.register_buffer("nonfinite_skipped", torch.zeros((), dtype=torch.long))
         # Set by the train task; stored in every checkpoint as plain data so a run can be rebuilt from it.
         self.run_config: dict[str, Any] | None = None
 
@@ -97,7 +115,7 @@ class FaceRecognitionModule(pl.LightningModule):
         """Raw embeddings for evaluation; callers normalise (after optional flip fusion)."""
         return self.backbone(images)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
         """Loss of one batch, plus the detached target and nearest non-target cosines for callbacks.
 
         Returns:
@@ -105,23 +123,50 @@ class FaceRecognitionModule(pl.LightningModule):
             ``Callback.on_train_batch_end`` (the angle histograms of ``facetrain.evaluation.head_curves``).
         """
         images, labels = batch
+        self._batch_idx = batch_idx
         out: HeadOutput = self.head(self.backbone(images), labels)
-        if self.nan_check:
-            self._check_finite(out.loss, batch_idx)
+        if self.head.nan_check and not bool(torch.isfinite(out.loss.detach())):
+            self._nonfinite(f"training loss {float(out.loss.detach())}", batch_idx)
+            return None  # skip mode: Lightning skips backward and the optimizer step of this batch
         with torch.no_grad():
             cos_target, cos_nearest = target_and_nearest_cosines(out.cosine.detach(), labels)
         self._log_step(out, labels, cos_target, cos_nearest)
         return {"loss": out.loss, "cos_target": cos_target, "cos_nearest": cos_nearest}
 
-    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
-        # Failing at the first bad step names where it happened; otherwise NaN weights silently poison every later
-        # step and the checkpoint, and the run only shows a flat chance-level accuracy.
-        if not bool(torch.isfinite(loss.detach())):
-            raise FloatingPointError(
-                f"non-finite training loss {float(loss.detach())} at global step {self.global_step} "
-                f"(epoch {self.current_epoch}, batch {batch_idx}) with head {type(self.head).__name__}; "
-                "lower the learning rate or the head's scale/margin, or set model.nan_check=false to continue anyway"
+    def _nonfinite(self, what: str, batch_idx: int) -> None:
+        """Stops (raises) or, in skip mode and under the bound, counts the skipped batch and warns.
+
+        Failing at the first bad step names where it happened; otherwise NaN weights silently poison every later
+        step and the checkpoint, and the run only shows a flat chance-level accuracy.
+        """
+        where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        if int(self.nonfinite_skipped) < self.max_nonfinite_skips:
+            self.nonfinite_skipped += 1
+            log.warning(
+                "non-finite %s at %s: batch skipped (%d of at most %d)",
+                what,
+                where,
+                int(self.nonfinite_skipped),
+                self.max_nonfinite_skips,
             )
+            return
+        skipped = f" after skipping {int(self.nonfinite_skipped)} batches" if self.max_nonfinite_skips else ""
+        raise FloatingPointError(
+            f"non-finite {what} at {where} with head {type(self.head).__name__}{skipped}; the last checkpoint is "
+            "intact. Lower the learning rate or the head's scale/margin, set model.max_nonfinite_skips=N to skip up "
+            "to N such batches, or loss.nan_check=false to continue anyway"
+        )
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Checks the gradients (after AMP unscaling) before they reach the weights."""
+        if not self.head.nan_check:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([g.detach().abs().amax() for g in grads]).isfinite().all()):
+            self._nonfinite("gradient", self._batch_idx)
+            for group in optimizer.param_groups:  # skip mode: no update at all (SGD/AdamW skip params without grad)
+                for param in group["params"]:
+                    param.grad = None
 
     @torch.no_grad()
     def _log_step(
@@ -151,5 +196,11 @@ class FaceRecognitionModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        bad = [name for name, t in self.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+        if bad:  # never replace a good checkpoint with a diverged model
+            raise FloatingPointError(
+                f"refusing to save a checkpoint at global step {self.global_step}: non-finite values in {bad[:5]}"
+                + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            )
         if self.run_config is not None:
             checkpoint["facetrain_config"] = self.run_config
