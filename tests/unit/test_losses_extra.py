@@ -321,7 +321,7 @@ def test_subcenter_head_matches_full_matrix() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Every head: finite at cos = ±1 and under bf16 autocast
+# Every head: finite at cos = ±1 and under bf16 / fp16 autocast (the dtype matrix)
 # ----------------------------------------------------------------------------------------------------------------------
 
 ALL_HEADS: dict[str, Callable[[], FaceHead]] = {
@@ -359,9 +359,14 @@ def aligned_batch(head: FaceHead, sign: float, norm: float = 30.0) -> tuple[torc
     return x.requires_grad_(), y
 
 
-def assert_finite_step(head: FaceHead, x: torch.Tensor, y: torch.Tensor, autocast: bool) -> None:
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+AUTOCAST = {"fp32": None, "bf16_autocast": torch.bfloat16, "fp16_autocast": torch.float16}
+
+
+def assert_finite_step(head: FaceHead, x: torch.Tensor, y: torch.Tensor, autocast: torch.dtype | None) -> None:
+    with torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
         out = head(x, y)
+    if autocast is not None and not isinstance(head, SoftmaxHead):  # the matmul really ran in the low precision
+        assert out.cosine.dtype == autocast
     assert torch.isfinite(out.loss), out.loss
     assert torch.isfinite(out.logits.float()).all()
     out.loss.backward()
@@ -374,23 +379,39 @@ def assert_finite_step(head: FaceHead, x: torch.Tensor, y: torch.Tensor, autocas
 
 @pytest.mark.parametrize("name", sorted(ALL_HEADS))
 @pytest.mark.parametrize("sign", [1.0, -1.0])
-@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16_autocast"])
-def test_every_head_finite_at_plus_minus_one(name: str, sign: float, autocast: bool) -> None:
+@pytest.mark.parametrize("autocast", list(AUTOCAST))
+def test_every_head_finite_at_plus_minus_one(name: str, sign: float, autocast: str) -> None:
     torch.manual_seed(0)
     head = ALL_HEADS[name]()
     x, y = aligned_batch(head, sign)
     if not isinstance(head, SoftmaxHead):
         cos = head.cosine(x.detach()).gather(1, y[:, None])
         torch.testing.assert_close(cos, torch.full_like(cos, sign))
-    assert_finite_step(head, x, y, autocast)
+    assert_finite_step(head, x, y, AUTOCAST[autocast])
 
 
 @pytest.mark.parametrize("name", sorted(ALL_HEADS))
-def test_every_head_finite_under_bf16_autocast(name: str) -> None:
+@pytest.mark.parametrize("autocast", ["bf16_autocast", "fp16_autocast"])
+def test_every_head_finite_under_autocast(name: str, autocast: str) -> None:
     torch.manual_seed(0)
     head = ALL_HEADS[name]()
     x, y = (torch.randn(B, D) * 5).requires_grad_(), torch.randint(0, C, (B,))
-    assert_finite_step(head, x, y, autocast=True)
+    assert_finite_step(head, x, y, AUTOCAST[autocast])
+
+
+@pytest.mark.parametrize("name", sorted(n for n in ALL_HEADS if n != "softmax"))
+@pytest.mark.parametrize("autocast", ["bf16_autocast", "fp16_autocast"])
+def test_autocast_loss_matches_fp32(name: str, autocast: str) -> None:
+    """Margins are computed in fp32 under autocast: the loss stays within the low-precision matmul's error."""
+    torch.manual_seed(0)
+    head = ALL_HEADS[name]().eval()  # eval: stateful heads (CurricularFace t, AdaFace stats) do not move
+    x, y = torch.randn(B, D) * 5, torch.randint(0, C, (B,))
+    reference = head(x, y).loss
+    with torch.autocast("cpu", dtype=AUTOCAST[autocast]):
+        low = head(x, y).loss
+    assert low.dtype == torch.float32
+    tolerance = 0.05 * max(1.0, float(reference.abs()))  # bf16 has 8 mantissa bits: cos errors ~4e-3, times s=64
+    assert abs(float(low) - float(reference)) < tolerance, (float(low), float(reference))
 
 
 @pytest.mark.parametrize("name", sorted(n for n in ALL_HEADS if n != "softmax"))
