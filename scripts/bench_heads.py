@@ -1,9 +1,10 @@
 """Benchmark every head in ``configs/loss/`` against a bare normalised-linear + cross-entropy floor.
 
 For each head option the script times forward + backward of ``head(x, labels).loss`` and, interleaved in the same
-loop, of the floor ``cross_entropy(s · normalize(x) @ normalize(W).T, labels)`` on the same shapes, and reports the
-medians and their ratio. It also checks that each margin head's functional form (which touches only the B target
-entries) equals a straightforward full-matrix, one-hot implementation of the same formula.
+loop, of the floor ``cross_entropy(s · normalize(x) @ normalize(W).T, labels)`` on the same shapes (W has the head's
+weight shape, K·C rows for sub-center ArcFace), and reports the medians and their ratio. It also checks that each
+margin head's functional form (which touches only the B target entries) equals a straightforward full-matrix,
+one-hot implementation of the same formula.
 
 Usage::
 
@@ -148,7 +149,10 @@ def time_interleaved(
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, embed_dim, generator=gen, requires_grad=True)
     labels = torch.randint(0, num_classes, (batch,), generator=gen)
-    weight = torch.nn.Parameter(torch.randn(num_classes, embed_dim, generator=gen) * 0.01)
+    # The floor has the head's weight matrix shape: K·C rows for sub-center ArcFace, whose matmul is K times larger
+    # by definition; the margin's own cost is what the ratio should show.
+    rows = num_classes * int(getattr(head, "k", 1))
+    weight = torch.nn.Parameter(torch.randn(rows, embed_dim, generator=gen) * 0.01)
     scale = getattr(head, "scale", None) or 64.0
 
     def run_head() -> None:
@@ -182,6 +186,7 @@ def time_interleaved(
         "head_ms_iqr": _iqr(head_times) * 1e3,
         "floor_ms_iqr": _iqr(floor_times) * 1e3,
         "repeats": len(head_times),
+        "floor_rows": rows,
     }
 
 
