@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,30 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
 log = logging.getLogger(__name__)
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (torch CPU and CUDA, NumPy, Python) as tensors and plain data (weights-only loadable)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": list(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def target_and_nearest_cosines(cosine: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,3 +230,10 @@ class FaceRecognitionModule(pl.LightningModule):
             )
         if self.run_config is not None:
             checkpoint["facetrain_config"] = self.run_config
+        checkpoint["facetrain_rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Dropout and any other draw from the global generators continue exactly where the checkpoint left them.
+        # (The training loader has its own generator, so creating its iterator on resume draws nothing from these.)
+        if "facetrain_rng" in checkpoint:
+            set_rng_state(checkpoint["facetrain_rng"])

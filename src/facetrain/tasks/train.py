@@ -8,8 +8,10 @@ from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from facetrain.evaluation.callbacks import VerificationCallback
+from facetrain.training.checkpoint import Preemption, find_last_checkpoint, safe_load
 from facetrain.utils.instantiate import instantiate, instantiate_named
 from facetrain.utils.io import ensure_writable_dir, write_json_atomic
 from facetrain.utils.schema import validate_config
@@ -30,6 +32,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg, output_dir)
 
     datamodule = instantiate(cfg.data)
     num_classes = datamodule.num_classes  # scans (and if needed generates) the training data
@@ -41,13 +44,50 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     log.info("training %s on %d identities (%d images)", type(model.head).__name__, num_classes, datamodule.num_images)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        preempted = next((c.saved for c in callbacks if isinstance(c, Preemption) and c.saved), None)
+        if preempted is None:
+            raise
+        log.error("%s", preempted)
+        raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had ended the process
 
     metrics = collect_metrics(trainer, evaluators, num_classes)
     if trainer.is_global_zero:
         path = write_json_atomic(Path(output_dir) / "metrics.json", metrics)
         log.info("metrics written to %s", path)
     return metrics
+
+
+def _task_overrides() -> list[str] | None:
+    """This run's command-line overrides, or None outside a Hydra run (tests that call :func:`train` directly)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # HydraConfig was not set
+        return None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig, output_dir: str | Path) -> str | None:
+    """Checks a checkpoint before any data is read; ``last`` becomes the newest good one of the same experiment.
+
+    ``last`` searches ``<paths.log_dir>/<task_name>`` for earlier runs with the same overrides (ignoring
+    ``ckpt_path``), newest checkpoint first, skipping truncated or unsafe files; with none found the run starts from
+    scratch (the first submission of a requeued job). An explicit path must exist and load with weights only.
+    """
+    if ckpt_path is None:
+        return None
+    if str(ckpt_path) == "last":
+        found = find_last_checkpoint(Path(cfg.paths.log_dir) / str(cfg.task_name), _task_overrides(), output_dir)
+        if found is None:
+            log.warning("ckpt_path=last: no earlier checkpoint of this experiment; starting from scratch")
+            return None
+        log.info("ckpt_path=last: resuming from %s", found)
+        return str(found)
+    safe_load(ckpt_path)  # missing, truncated or unsafe: a clear error now rather than after the data scan
+    return str(ckpt_path)
 
 
 def collect_metrics(trainer: pl.Trainer, evaluators: list[VerificationCallback], num_classes: int) -> dict[str, Any]:

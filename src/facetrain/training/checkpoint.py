@@ -1,0 +1,184 @@
+"""Checkpoints that survive crashes and cannot run code: atomic writes, safe loads, ``ckpt_path=last``, preemption.
+
+* :class:`SafeCheckpointIO` (a Lightning ``CheckpointIO`` plugin) writes ``<name>.tmp-<pid>`` in the target
+  directory, fsyncs it and renames it over the target, so a crash mid-write leaves the previous file intact (Lightning's
+  default stages the file in the system temp directory and *moves* it, which is a copy when ``/tmp`` is another file
+  system). It loads with ``torch.load(weights_only=True)``: a checkpoint that smuggles a pickled object is refused
+  with :class:`UnsafeCheckpointError` before anything in it runs.
+* :func:`find_last_checkpoint` resolves ``ckpt_path=last``: the newest loadable checkpoint among earlier runs of the
+  same experiment (same command-line overrides), skipping truncated or unreadable files with a warning.
+* :class:`Preemption` turns SIGTERM/SIGINT into a checkpoint plus a clear message on how to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Preemption",
+    "PreemptedError",
+    "SafeCheckpointIO",
+    "UnsafeCheckpointError",
+    "find_last_checkpoint",
+    "safe_load",
+]
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint holds pickled objects beyond tensors and plain data; it is not loaded."""
+
+
+class PreemptedError(RuntimeError):
+    """Training stopped on SIGTERM/SIGINT after writing a checkpoint; ``resume_hint`` says how to continue."""
+
+    def __init__(self, checkpoint: Path, signal_name: str) -> None:
+        self.checkpoint = checkpoint
+        self.signal_name = signal_name
+        super().__init__(
+            f"{signal_name} received: checkpoint written to {checkpoint}. Resume with the same command plus "
+            f"ckpt_path=last (or ckpt_path={checkpoint})"
+        )
+
+
+def safe_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """``torch.load(path, weights_only=True)`` with clear errors for missing, truncated and unsafe files.
+
+    Raises:
+        FileNotFoundError: No such file.
+        UnsafeCheckpointError: The pickle references a global outside torch's weights-only allowlist.
+        ValueError: The file is truncated or not a torch checkpoint (the message names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"refusing to load {path}: it contains pickled objects that are not tensors or plain data, which could "
+            f"run code when loaded. facetrain checkpoints never do; this file was modified or made elsewhere. "
+            f"Details: {str(err).splitlines()[0]}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"checkpoint {path} is truncated or not a torch checkpoint: {err}") from None
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Atomic, fsynced checkpoint writes and weights-only loads (see the module docstring)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"SafeCheckpointIO does not take storage_options, got {storage_options!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half of one
+        finally:
+            tmp.unlink(missing_ok=True)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        del weights_only  # always True: facetrain checkpoints are plain data
+        return safe_load(path, map_location=map_location if map_location is not None else "cpu")
+
+
+def _overrides(run_dir: Path) -> list[str] | None:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    import yaml  # PyYAML ships with Hydra/OmegaConf
+
+    values = yaml.safe_load(path.read_text()) or []
+    return sorted(str(v) for v in values if not str(v).startswith(("ckpt_path=", "hydra.")))
+
+
+def find_last_checkpoint(
+    search_root: str | os.PathLike[str], overrides: Sequence[str] | None, exclude: str | os.PathLike[str] | None = None
+) -> Path | None:
+    """Newest loadable ``*.ckpt`` among runs under ``search_root`` made with the same overrides.
+
+    Args:
+        search_root: Directory holding the task's run directories (``logs/train``), searched recursively for Hydra
+            run directories (those with ``.hydra/overrides.yaml``).
+        overrides: This run's command-line overrides; ``ckpt_path=`` and ``hydra.`` entries are ignored on both sides.
+            None matches every run.
+        exclude: A run directory not to consider (the current, just created one).
+
+    Returns:
+        The newest checkpoint by modification time that loads safely, or None when there is none. Truncated,
+        unreadable or unsafe files are skipped with a warning naming them.
+    """
+    root = Path(search_root)
+    wanted = None if overrides is None else sorted(o for o in overrides if not o.startswith(("ckpt_path=", "hydra.")))
+    skip = Path(exclude).resolve() if exclude is not None else None
+    candidates: list[Path] = []
+    for marker in root.glob("**/.hydra/overrides.yaml"):
+        run_dir = marker.parent.parent
+        if skip is not None and run_dir.resolve() == skip:
+            continue
+        if wanted is not None and _overrides(run_dir) != wanted:
+            continue
+        candidates.extend(p for p in run_dir.glob("**/*.ckpt") if p.is_file())
+    for path in sorted(candidates, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        try:
+            safe_load(path)
+        except (ValueError, OSError) as err:
+            log.warning("ckpt_path=last: skipping %s (%s)", path, err)
+            continue
+        return path
+    return None
+
+
+class Preemption(pl.Callback):
+    """On SIGTERM (cluster preemption) or SIGINT (Ctrl+C) during fit: write ``<dirpath>/preempted.ckpt``, then stop.
+
+    Lightning notices SIGTERM between batches and raises ``SIGTERMException``; Ctrl+C raises ``KeyboardInterrupt``.
+    This callback's ``on_exception`` saves the state after the last completed batch (weights, optimizer, schedule,
+    the sample position of :class:`facetrain.data.sampler.ResumableDataLoader`, RNG states), so the resumed run
+    continues exactly. On SIGTERM the train task then exits with status 143 (128 + SIGTERM) and a message that says
+    how to resume; on Ctrl+C Lightning itself exits with status 1 after this hook.
+
+    SLURM: Lightning's ``SLURMEnvironment`` handles SIGUSR1 requeue (``#SBATCH --signal=SIGUSR1@90``) with its own
+    checkpoint; plain SIGTERM preemption is handled here; both resume with ``ckpt_path=last``.
+
+    Args:
+        dirpath: Directory of the checkpoint (the run's ``checkpoints/``).
+    """
+
+    def __init__(self, dirpath: str | os.PathLike[str]) -> None:
+        self.dirpath = Path(dirpath)
+        self.saved: PreemptedError | None = None
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
+            return
+        name = "SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT"
+        path = self.dirpath / "preempted.ckpt"
+        trainer.save_checkpoint(path)  # collective under DDP: every rank calls it, rank 0 writes
+        self.saved = PreemptedError(path, name)
+        if trainer.is_global_zero:
+            log.warning("%s", self.saved)

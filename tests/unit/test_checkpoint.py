@@ -1,0 +1,94 @@
+"""Checkpoint files: atomic writes, weights-only loads, ``ckpt_path=last`` resolution past truncated files."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from facetrain.training.checkpoint import SafeCheckpointIO, UnsafeCheckpointError, find_last_checkpoint, safe_load
+
+
+class Smuggler:
+    """An object whose unpickling would run a command (what a malicious checkpoint carries)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _state(step: int) -> dict[str, object]:
+    return {"state_dict": {"w": torch.full((3,), float(step))}, "global_step": step, "facetrain_config": {"a": [1]}}
+
+
+def test_round_trip_is_plain_data(tmp_path: Path) -> None:
+    io = SafeCheckpointIO()
+    io.save_checkpoint(_state(3), tmp_path / "c.ckpt")
+    loaded = io.load_checkpoint(tmp_path / "c.ckpt")
+    assert loaded["global_step"] == 3 and torch.equal(loaded["state_dict"]["w"], torch.full((3,), 3.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.ckpt"]  # no temporary file left behind
+
+
+def test_crash_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io, path = SafeCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint(_state(1), path)
+
+    def dying_save(obj: object, f) -> None:  # noqa: ANN001
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        io.save_checkpoint(_state(2), path)
+    monkeypatch.undo()
+    assert safe_load(path)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_malicious_checkpoint_is_refused_without_running_it(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Smuggler(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"refusing to load .*evil\.ckpt.*not tensors or plain data"):
+        SafeCheckpointIO().load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_truncated_and_missing_files_name_the_path(tmp_path: Path) -> None:
+    path = tmp_path / "t.ckpt"
+    torch.save(_state(1), path)
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ValueError, match=r"t\.ckpt is truncated or not a torch checkpoint"):
+        safe_load(path)
+    with pytest.raises(FileNotFoundError, match="nope.ckpt"):
+        safe_load(tmp_path / "nope.ckpt")
+
+
+def _run(root: Path, name: str, overrides: list[str], steps: list[int]) -> list[Path]:
+    run = root / "runs" / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    paths = []
+    for step in steps:
+        path = run / "checkpoints" / f"step{step:07d}.ckpt"
+        SafeCheckpointIO().save_checkpoint(_state(step), path)
+        time.sleep(0.01)  # distinct modification times
+        paths.append(path)
+    return paths
+
+
+def test_last_skips_a_truncated_newest_file_and_other_experiments(tmp_path: Path) -> None:
+    mine = ["loss=arcface", "seed=1"]
+    old = _run(tmp_path, "a", mine, [10, 20])
+    _run(tmp_path, "b", ["loss=cosface", "seed=1"], [30])  # another experiment, newer
+    newest = _run(tmp_path, "c", [*mine, "ckpt_path=last"], [40])[0]  # same experiment (ckpt_path is ignored)
+    assert find_last_checkpoint(tmp_path, [*mine, "ckpt_path=last"]) == newest
+    newest.write_bytes(newest.read_bytes()[:64])  # the process died while the disk was writing it
+    assert find_last_checkpoint(tmp_path, list(reversed(mine))) == old[1]
+    assert find_last_checkpoint(tmp_path, ["loss=softmax"]) is None
+    assert find_last_checkpoint(tmp_path, mine, exclude=tmp_path / "runs" / "a") is None
