@@ -1,4 +1,4 @@
-"""ResumableSampler / ResumableDataLoader / EpochSeeded: exact order, DDP shards, mid-epoch resume."""
+"""ResumableSampler / EpochSeeded: exact order, DDP shards, mid-epoch resume, per-sample augmentation seeds."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
-from facetrain.data.sampler import EpochSeeded, ResumableDataLoader, ResumableSampler, sample_seed
+from facetrain.data.sampler import EpochSeeded, ResumableSampler, sample_seed
 
 
 class Indexed(Dataset):
@@ -28,14 +28,13 @@ class Indexed(Dataset):
         return index, noise
 
 
-def _loader(n: int = 23, batch: int = 4, rank: int = 0, world: int = 1, seed: int = 7, **kw) -> ResumableDataLoader:
+def _loader(n: int = 23, batch: int = 4, rank: int = 0, world: int = 1, seed: int = 7, **kw) -> DataLoader:
     sampler = ResumableSampler(n, seed=seed, rank=rank, world_size=world)
-    return ResumableDataLoader(
-        EpochSeeded(Indexed(n, kw.pop("transform", None)), seed), sampler, batch_size=batch, **kw
-    )
+    dataset = EpochSeeded(Indexed(n, kw.pop("transform", None)), seed)
+    return DataLoader(dataset, sampler=sampler, batch_size=batch, **kw)
 
 
-def _indices(loader: ResumableDataLoader, stop_after: int | None = None) -> list[int]:
+def _indices(loader: DataLoader, stop_after: int | None = None) -> list[int]:
     out: list[int] = []
     for i, (idx, _) in enumerate(loader):
         out.extend(idx.tolist())
@@ -49,7 +48,7 @@ def test_epoch_is_a_seeded_permutation_and_epochs_differ() -> None:
     first = _indices(loader)
     assert sorted(first) == list(range(23))
     assert _indices(_loader(drop_last=False)) == first  # same seed, same order
-    loader.resumable_sampler.set_epoch(1)
+    loader.sampler.set_epoch(1)
     second = _indices(loader)
     assert sorted(second) == list(range(23)) and second != first
     assert _indices(_loader(seed=8, drop_last=False)) != first
@@ -68,13 +67,13 @@ def test_resume_mid_epoch_repeats_and_skips_nothing(world: int) -> None:
     full = [_indices(_loader(n=n, batch=batch, rank=r, world=world)) for r in range(world)]
     loaders = [_loader(n=n, batch=batch, rank=r, world=world) for r in range(world)]
     head = [_indices(ld, stop_after=3) for ld in loaders]
-    states = [ld.state_dict() for ld in loaders]
+    states = [ld.sampler.state_dict(consumed_batches=3, batch_size=batch) for ld in loaders]
     assert states[0]["start"] == 3 * batch * world and all(isinstance(v, int) for v in states[0].values())
     resumed = []
     for r in range(world):
         fresh = _loader(n=n, batch=batch, rank=r, world=world)
-        fresh.load_state_dict(states[r])
-        fresh.resumable_sampler.set_epoch(states[r]["epoch"])  # Lightning calls set_epoch with the same epoch
+        fresh.sampler.load_state_dict(states[r])
+        fresh.sampler.set_epoch(states[r]["epoch"])  # Lightning calls set_epoch with the same epoch
         resumed.append(_indices(fresh))
     for r in range(world):
         assert head[r] + resumed[r] == full[r]
@@ -87,27 +86,31 @@ def test_resume_on_a_different_world_size_continues_the_same_permutation() -> No
     single = _indices(_loader(n=n, batch=batch, world=1))
     two = [_loader(n=n, batch=batch, rank=r, world=2) for r in range(2)]
     head = [_indices(ld, stop_after=2) for ld in two]  # 2 steps x 2 ranks x 4 = 16 samples
-    state = two[0].state_dict()
+    state = two[0].sampler.state_dict(consumed_batches=2, batch_size=batch)
     one = _loader(n=n, batch=batch, world=1)
-    one.load_state_dict(state)
+    one.sampler.load_state_dict(state)
     rest = _indices(one)
     assert sorted(head[0] + head[1] + rest) == sorted(single)
 
 
-def test_completed_epoch_resets_and_next_epoch_starts_at_zero() -> None:
-    loader = _loader(drop_last=True)
-    _indices(loader)
-    assert loader.state_dict()["start"] == 0
-    loader.resumable_sampler.set_epoch(1)
-    assert loader.state_dict() == {"epoch": 1, "start": 0, "seed": 7, "num_samples": 23}
+def test_resumed_epoch_then_next_epoch_starts_at_zero() -> None:
+    loader = _loader(n=24, drop_last=True)
+    loader.sampler.load_state_dict({"epoch": 0, "start": 20, "seed": 7, "num_samples": 24})
+    assert len(_indices(loader)) == 4  # the rest of epoch 0
+    assert len(_indices(loader)) == 24  # iterating again replays the whole epoch (no silent skip)
+    loader.sampler.load_state_dict({"epoch": 0, "start": 20, "seed": 7, "num_samples": 24})
+    loader.sampler.set_epoch(1)
+    assert loader.sampler.start == 0 and len(_indices(loader)) == 24
+    state = loader.sampler.state_dict(consumed_batches=2, batch_size=4)
+    assert state == {"epoch": 1, "start": 8, "seed": 7, "num_samples": 24}
 
 
 def test_state_from_another_dataset_or_seed_is_refused() -> None:
-    state = _loader().state_dict()
+    state = _loader().sampler.state_dict(consumed_batches=1, batch_size=4)
     with pytest.raises(ValueError, match="num_samples is 23, this run's is 24"):
-        _loader(n=24).load_state_dict(state)
+        _loader(n=24).sampler.load_state_dict(state)
     with pytest.raises(ValueError, match="seed is 7, this run's is 8"):
-        _loader(seed=8).load_state_dict(state)
+        _loader(seed=8).sampler.load_state_dict(state)
 
 
 def test_augmentation_depends_only_on_seed_epoch_index() -> None:
@@ -123,11 +126,6 @@ def test_augmentation_depends_only_on_seed_epoch_index() -> None:
     other_epoch = dict(_loader(batch=1, transform=transform).dataset[(1, i)] for i in range(6))
     assert other_epoch != serial
     assert sample_seed(7, 0, 1) != sample_seed(7, 1, 0)
-
-
-def test_loader_rejects_shuffle() -> None:
-    with pytest.raises(ValueError, match="shuffle"):
-        ResumableDataLoader(Indexed(3), ResumableSampler(3), shuffle=True)
 
 
 def test_own_generator_keeps_global_rng_untouched() -> None:

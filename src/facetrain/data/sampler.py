@@ -1,11 +1,10 @@
-"""Exact, resumable sample order for training: a seeded DDP-aware sampler and a DataLoader that checkpoints it.
+"""Exact, resumable sample order for training: a seeded, DDP-aware sampler that can start mid-epoch.
 
 Why not ``RandomSampler`` / ``DistributedSampler``: their position inside an epoch is not part of any checkpoint, so
 a run resumed from a mid-epoch checkpoint replays the epoch from its start (samples repeated) or, with a fresh
-permutation, skips some. Here the order of epoch ``e`` is a pure function of ``(seed, e)``, the loader counts the
-batches it handed out, and that count is the checkpointed state. Lightning saves it because
-:class:`ResumableDataLoader` has ``state_dict``/``load_state_dict`` (its fit loop stores the state of "stateful"
-loaders in the checkpoint and restores it before the resumed epoch starts).
+permutation, skips some. Here the order of epoch ``e`` is a pure function of ``(seed, e)``, and the checkpointed
+position is the number of batches the *training loop* has processed in the epoch (the datamodule reads it from
+Lightning's progress counters; counting what the DataLoader yielded would be off by the batch Lightning prefetches).
 
 The position is kept as a *global* count of consumed samples of the epoch's permutation, and rank ``r`` of ``W``
 reads ``order[start + r :: W]``: so a run may even resume on a different number of processes and continue the same
@@ -23,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
-__all__ = ["EpochSeeded", "ResumableDataLoader", "ResumableSampler", "sample_seed"]
+__all__ = ["EpochSeeded", "ResumableSampler", "sample_seed"]
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -80,6 +79,29 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         order = self.order(self.epoch)
         for index in order[self.start + self.rank :: self.world_size]:
             yield (self.epoch, int(index))
+        self.start = 0  # the (possibly resumed) epoch is exhausted; iterating again replays it from the start
+
+    def state_dict(self, consumed_batches: int, batch_size: int) -> dict[str, int]:
+        """Checkpoint state after ``consumed_batches`` batches (from the epoch start) of ``batch_size`` per rank.
+
+        Plain ints only (checkpoints load with ``weights_only=True``); ``start`` counts global samples.
+        """
+        return {
+            "epoch": self.epoch,
+            "start": consumed_batches * batch_size * self.world_size,
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continues the checkpointed epoch at its position; refuses a different dataset or seed."""
+        for key in ("seed", "num_samples"):
+            if int(state[key]) != getattr(self, key):
+                raise ValueError(
+                    f"cannot resume the sample order: the checkpoint's {key} is {state[key]}, this run's is "
+                    f"{getattr(self, key)} (a different dataset or seed would repeat and skip samples)"
+                )
+        self.epoch, self.start = int(state["epoch"]), int(state["start"])
 
     def __len__(self) -> int:
         """Samples per rank in a full epoch (Lightning sizes its epoch loop from it; a resumed epoch stops early)."""
@@ -112,41 +134,3 @@ class EpochSeeded(Dataset):
         if name == "dataset":  # not yet set (unpickling): avoid infinite recursion
             raise AttributeError(name)
         return getattr(self.dataset, name)
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader over a :class:`ResumableSampler` whose position is checkpointed by Lightning.
-
-    It counts the batches its iterator hands to the training loop (prefetched batches in workers do not count), so
-    the state saved with a checkpoint after batch k says exactly "k batches of this epoch are done".
-    """
-
-    def __init__(self, dataset: Dataset, sampler: ResumableSampler, **kwargs: Any) -> None:
-        if kwargs.get("shuffle"):
-            raise ValueError("ResumableDataLoader takes its order from the ResumableSampler; do not pass shuffle=True")
-        super().__init__(dataset, sampler=sampler, **kwargs)
-        self.resumable_sampler = sampler
-
-    def __iter__(self) -> Iterator[Any]:
-        sampler = self.resumable_sampler
-        per_batch = self.batch_size * sampler.world_size  # global samples per step
-        for batch in super().__iter__():
-            sampler.start += per_batch
-            yield batch
-        sampler.start = 0  # the epoch is complete; the next one starts from its beginning
-
-    def state_dict(self) -> dict[str, int]:
-        """Plain ints only (checkpoints load with ``weights_only=True``)."""
-        s = self.resumable_sampler
-        return {"epoch": s.epoch, "start": s.start, "seed": s.seed, "num_samples": s.num_samples}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continues the checkpointed epoch at its position; refuses a different dataset or seed."""
-        s = self.resumable_sampler
-        for key in ("seed", "num_samples"):
-            if int(state[key]) != getattr(s, key):
-                raise ValueError(
-                    f"cannot resume the sample order: the checkpoint's {key} is {state[key]}, this run's is "
-                    f"{getattr(s, key)} (a different dataset or seed would repeat and skip samples)"
-                )
-        s.epoch, s.start = int(state["epoch"]), int(state["start"])
