@@ -1,0 +1,306 @@
+"""InsightFace verification packs (``lfw.bin``, ``cfp_fp.bin``, ``agedb_30.bin``, ``calfw.bin``, ``cplfw.bin``).
+
+A ``.bin`` is a pickle of ``(bins, issame_list)`` (``shared/reference/insightface.md`` §2; insightface
+``recognition/arcface_torch/eval/verification.py::load_bin``): ``bins`` holds ``2 N`` encoded images, ``bins[2i]``
+and ``bins[2i+1]`` being pair ``i`` in protocol order, and ``issame_list`` ``N`` booleans. Writers differ in what an
+image is: the Python 2 ``lfw2pack.py`` stored the file bytes (a py2 ``str``, hence insightface's retry with
+``encoding='bytes'``), ``build_eval_pack.py`` stores the ``numpy.ndarray`` returned by ``cv2.imencode``.
+
+Unpickling runs code named by the file, so these files are loaded with :class:`SafeUnpickler`, which resolves only
+the few globals that such packs need and that just build data (see :data:`ALLOWED_GLOBALS`); anything else is
+refused before it is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from facetrain.data.images import Transform, to_tensor
+
+__all__ = [
+    "ALLOWED_GLOBALS",
+    "BinFormatError",
+    "BinImages",
+    "BinSet",
+    "SafeUnpickler",
+    "UnsafeFileError",
+    "load_bin",
+    "write_bin",
+]
+
+_LATIN1 = {"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1"}
+
+
+class UnsafeFileError(ValueError):
+    """A pickle asks for a global outside :data:`ALLOWED_GLOBALS`; nothing from it was executed."""
+
+
+class BinFormatError(ValueError):
+    """A ``.bin`` file is not a valid verification pack, or one of its images does not decode."""
+
+
+# Python 3 pickles ``bytes`` at protocol < 3 as ``_codecs.encode(latin1_text, 'latin1')`` and ``bytearray`` as
+# ``bytearray(bytes)`` (py2: ``bytearray(unicode, 'latin-1')``); these wrappers accept exactly those argument shapes.
+def _latin1_encode(text: Any, encoding: Any = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in _LATIN1:
+        raise pickle.UnpicklingError(f"refused _codecs.encode({type(text).__name__}, {encoding!r}): only latin1 text")
+    return text.encode("latin-1")
+
+
+def _bytes(data: Any = b"") -> bytes:
+    if not isinstance(data, (bytes, bytearray)):
+        raise pickle.UnpicklingError(f"refused bytes({type(data).__name__}): only bytes-like data")
+    return bytes(data)
+
+
+def _bytearray(data: Any = b"", encoding: Any = None) -> bytearray:
+    if isinstance(data, str) and encoding in _LATIN1:
+        return bytearray(data.encode("latin-1"))
+    if isinstance(data, (bytes, bytearray)) and encoding is None:
+        return bytearray(data)
+    raise pickle.UnpicklingError(f"refused bytearray({type(data).__name__}, {encoding!r}): only bytes or latin1 text")
+
+
+def _numpy_attr(name: str, *modules: str) -> Callable[[], Any]:
+    """Lazily resolve ``name`` in the first importable module (``numpy._core`` in NumPy 2, ``numpy.core`` in 1.x)."""
+
+    def resolve() -> Any:
+        for module in modules:
+            try:
+                return getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError):
+                continue
+        raise pickle.UnpicklingError(f"numpy has no {name} in {modules}")
+
+    return resolve
+
+
+_reconstruct = _numpy_attr("_reconstruct", "numpy._core.multiarray", "numpy.core.multiarray")
+_scalar = _numpy_attr("scalar", "numpy._core.multiarray", "numpy.core.multiarray")
+_frombuffer = _numpy_attr("_frombuffer", "numpy._core.numeric", "numpy.core.numeric")
+
+#: Globals a ``.bin`` may name, mapped to what they resolve to. All build plain data from their arguments:
+#: ``bytes``/``bytearray``/``_codecs.encode`` (restricted wrappers above) for byte strings at pickle protocol < 3 and
+#: ``bytearray`` at 3-4; NumPy's array machinery for ``build_eval_pack.py`` packs (``cv2.imencode`` arrays):
+#: ``_reconstruct`` + ``ndarray`` + ``dtype`` (protocol <= 4, spelled ``numpy.core`` by NumPy 1.x and
+#: ``numpy._core`` by 2.x), ``_frombuffer`` (protocol 5) and ``scalar`` (NumPy scalars such as ``np.bool_``).
+#: None of them imports or calls anything the file names, and an object array's items are themselves unpickled
+#: through this same allow-list.
+ALLOWED_GLOBALS: dict[tuple[str, str], Callable[[], Any]] = {
+    ("_codecs", "encode"): lambda: _latin1_encode,
+    ("builtins", "bytes"): lambda: _bytes,
+    ("__builtin__", "bytes"): lambda: _bytes,
+    ("builtins", "bytearray"): lambda: _bytearray,
+    ("__builtin__", "bytearray"): lambda: _bytearray,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
+    ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+}
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :data:`ALLOWED_GLOBALS` and refuses every other global before calling it.
+
+    Plain containers and scalars (lists, tuples, bytes, str, bool, int, float) need no global at all. A pickle that
+    would call ``os.system``, ``builtins.eval``, ``subprocess.*`` or any class's ``__reduce__`` target fails at the
+    ``find_class`` lookup, so nothing it names runs.
+    """
+
+    def __init__(self, file: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self.path = os.fspath(path)
+
+    def find_class(self, module: str, name: str) -> Any:
+        resolve = ALLOWED_GLOBALS.get((module, name))
+        if resolve is None:
+            raise UnsafeFileError(
+                f"{self.path}: refused to unpickle global {module}.{name}; a verification .bin holds only image bytes "
+                "and booleans, so this file is either not a .bin or crafted to run code"
+            )
+        return resolve()
+
+
+def _load_pickle(path: Path) -> Any:
+    """``pickle.load`` through :class:`SafeUnpickler`, with insightface's ``encoding='bytes'`` retry for py2 files."""
+    for encoding in ("ASCII", "bytes"):
+        try:
+            with path.open("rb") as f:
+                return SafeUnpickler(f, path, encoding=encoding).load()
+        except UnsafeFileError:
+            raise
+        except UnicodeDecodeError:
+            continue  # a Python 2 str holding JPEG bytes; retry as bytes like verification.py::load_bin
+        except Exception as error:  # corrupt pickles raise many exception types; report them as one
+            raise BinFormatError(f"{path}: not a readable pickle ({type(error).__name__}: {error})") from error
+    raise AssertionError("unreachable")  # the "bytes" encoding never raises UnicodeDecodeError
+
+
+def _as_bytes(item: Any) -> bytes | None:
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    # cv2.imencode returns an (n, 1) or (n,) uint8 array whose raw buffer is the encoded file.
+    if (
+        isinstance(item, np.ndarray)
+        and item.dtype == np.uint8
+        and (item.ndim == 1 or (item.ndim == 2 and 1 in item.shape))
+    ):
+        return item.tobytes()
+    return None
+
+
+def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
+    """Check the ``(bins, issame_list)`` structure and convert it to ``(list[bytes], bool array)``."""
+    if not isinstance(obj, (tuple, list)) or len(obj) != 2:
+        found = f"{type(obj).__name__} of length {len(obj)}" if isinstance(obj, (tuple, list)) else type(obj).__name__
+        raise BinFormatError(f"{path}: expected a pickled (bins, issame_list) pair, found {found}")
+    bins, issame = obj
+    if isinstance(issame, np.ndarray):
+        issame = issame.tolist()
+    if not isinstance(bins, (list, tuple)) or not isinstance(issame, (list, tuple)):
+        raise BinFormatError(
+            f"{path}: bins and issame_list must be lists, found {type(bins).__name__} and {type(issame).__name__}"
+        )
+    if len(bins) != 2 * len(issame):
+        raise BinFormatError(
+            f"{path}: {len(bins)} images for {len(issame)} pairs; a .bin holds 2 images per pair "
+            f"(expected {2 * len(issame)})"
+        )
+    images = []
+    for i, item in enumerate(bins):
+        data = _as_bytes(item)
+        if not data:
+            raise BinFormatError(
+                f"{path}: image {i} is {type(item).__name__} {item!r:.60}, expected non-empty encoded image bytes"
+            )
+        images.append(data)
+    flags = np.empty(len(issame), dtype=bool)
+    for i, value in enumerate(issame):
+        # bool, np.bool_ and the 0/1 integers some re-exports use; anything else would silently flip pairs.
+        if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+            flags[i] = bool(value)
+        else:
+            raise BinFormatError(
+                f"{path}: issame_list[{i}] is {type(value).__name__} {value!r:.40}, expected a bool (or 0/1)"
+            )
+    return images, flags
+
+
+class BinImages(Dataset):
+    """Tensors of a :class:`BinSet`'s images in file order (``2i`` and ``2i+1`` are pair ``i``)."""
+
+    def __init__(self, binset: BinSet, transform: Transform | None = None) -> None:
+        self.binset = binset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.binset.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return to_tensor(self.transform, self.binset.decode(index))
+
+
+class BinSet:
+    """A loaded verification pack: encoded images (decoded on demand) and the same/not-same flag of each pair.
+
+    Attributes:
+        images: ``2 N`` encoded images; ``images[2i]``, ``images[2i+1]`` form pair ``i``.
+        issame: ``N`` booleans.
+        path: The file it came from, used in error messages (None when built in memory).
+    """
+
+    def __init__(self, images: Sequence[bytes], issame: Sequence[bool] | np.ndarray, path: str | None = None) -> None:
+        self.images = list(images)
+        self.issame = np.asarray(issame, dtype=bool)
+        self.path = path
+        if len(self.images) != 2 * len(self.issame):
+            raise BinFormatError(
+                f"{path or 'BinSet'}: {len(self.images)} images for {len(self.issame)} pairs "
+                "(2 images per pair expected)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.issame)
+
+    def __repr__(self) -> str:
+        return f"BinSet({self.path!r}, pairs={len(self)}, same={int(self.issame.sum())})"
+
+    def decode(self, index: int) -> np.ndarray:
+        """Image ``index`` (0 .. 2N-1) as an ``H×W×3`` uint8 RGB array.
+
+        Raises:
+            BinFormatError: The bytes do not decode; the message names the file and the image index.
+        """
+        data = self.images[index]
+        image = None
+        if data:
+            try:
+                image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+            except cv2.error:
+                image = None
+        if image is None:
+            raise BinFormatError(
+                f"{self.path or 'BinSet'}: image {index} (pair {index // 2}) cannot be decoded "
+                f"({len(data)} bytes, corrupt or unsupported format)"
+            )
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def as_dataset(self, transform: Transform | None = None) -> BinImages:
+        """A Dataset of the images as tensors, in file order, through ``transform`` like ``ImageList``."""
+        return BinImages(self, transform)
+
+
+def load_bin(path: str | os.PathLike) -> BinSet:
+    """Load an InsightFace verification ``.bin`` safely.
+
+    Py2 packs are read like insightface's ``load_bin`` (retry with ``encoding='bytes'`` on ``UnicodeDecodeError``);
+    images may be ``bytes``, ``bytearray`` or ``cv2.imencode`` uint8 arrays and are kept encoded.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        UnsafeFileError: The pickle names a global outside :data:`ALLOWED_GLOBALS` (nothing was executed).
+        BinFormatError: Not a pickle, or not ``(bins, issame_list)`` with ``2 N`` byte strings and ``N`` booleans.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"verification .bin not found: {path}")
+    images, issame = _validate(path, _load_pickle(path))
+    return BinSet(images, issame, path=os.fspath(path))
+
+
+def write_bin(path: str | os.PathLike, images: Sequence[bytes], issame: Sequence[bool] | np.ndarray) -> Path:
+    """Write a verification ``.bin`` in insightface's format: ``pickle.dump((bins, issame_list), HIGHEST_PROTOCOL)``.
+
+    Images are stored as given (``bytes``), flags as Python bools, through a temporary file and a rename.
+
+    Raises:
+        BinFormatError: ``len(images) != 2 * len(issame)``, an image is empty or not bytes-like, or a flag is not
+            a bool / 0 / 1.
+    """
+    path = Path(path)
+    bins, flags = _validate(path, (list(images), issame if isinstance(issame, np.ndarray) else list(issame)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump((bins, [bool(x) for x in flags]), f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

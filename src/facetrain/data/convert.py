@@ -1,0 +1,156 @@
+"""Lossless conversions between image folders, RecordIO packs and verification ``.bin`` packs.
+
+The logic behind ``scripts/folders_to_rec.py``, ``scripts/rec_to_folders.py`` and ``scripts/pairs_to_bin.py``.
+Image bytes are always copied unchanged (never decoded and re-encoded), so a round trip reproduces every file
+byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import cv2
+import numpy as np
+
+from facetrain.data.binset import write_bin
+from facetrain.data.images import scan_identity_folders
+from facetrain.data.protocols import check_images_exist, read_lfw_pairs
+from facetrain.data.recordio import PackInfo, RecordIOFaces, write_recordio
+
+__all__ = ["folders_to_recordio", "image_extension", "lfw_pairs_to_bin", "progress", "recordio_to_folders"]
+
+T = TypeVar("T")
+
+# Leading bytes of the formats cv2 decodes that face packs use; anything else is written as .jpg.
+_SIGNATURES = ((b"\xff\xd8\xff", ".jpg"), (b"\x89PNG\r\n\x1a\n", ".png"), (b"BM", ".bmp"))
+
+
+def progress(iterable: Iterable[T], total: int, desc: str, enabled: bool = True) -> Iterator[T]:
+    """Iterate with a tqdm bar if tqdm is installed, else a counter line on stderr every 1 % (or not at all)."""
+    if not enabled:
+        yield from iterable
+        return
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        yield from tqdm(iterable, total=total, desc=desc, unit="img")
+        return
+    step = max(1, total // 100)
+    for i, item in enumerate(iterable, start=1):
+        yield item
+        if i % step == 0 or i == total:
+            print(f"\r{desc}: {i}/{total}", end="\n" if i == total else "", file=sys.stderr, flush=True)
+
+
+def image_extension(data: bytes) -> str:
+    """File extension for encoded image bytes from their signature (``.jpg`` when unknown)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return next((ext for magic, ext in _SIGNATURES if data.startswith(magic)), ".jpg")
+
+
+def folders_to_recordio(
+    root: str | os.PathLike,
+    prefix: str | os.PathLike,
+    *,
+    header_record: bool = True,
+    image_size: tuple[int, int] | None = None,
+    show_progress: bool = True,
+) -> PackInfo:
+    """Pack an identity-folder tree ``root/<identity>/<image>`` into a RecordIO pack.
+
+    Labels follow :func:`facetrain.data.images.scan_identity_folders` (sorted identity folder names, images sorted
+    within each), so the pack order equals the order :class:`~facetrain.data.images.LabelledImages` would use.
+
+    Args:
+        root: Tree root.
+        prefix: Output prefix (``<prefix>.rec``/``.idx``, ``property`` next to them) or an existing directory.
+        header_record: Write InsightFace's header and identity records (see :func:`write_recordio`).
+        image_size: ``(height, width)`` for ``property``; by default that of the first image (only it is decoded).
+        show_progress: Show a progress bar / counter.
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+        ValueError: ``root`` holds no images, or the first image cannot be decoded when ``image_size`` is None.
+    """
+    _, paths, labels = scan_identity_folders(root)
+    if image_size is None:
+        first = cv2.imdecode(np.fromfile(paths[0], dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if first is None:
+            raise ValueError(f"cannot decode {paths[0]!r} to read the image size for 'property'; pass image_size")
+        image_size = (int(first.shape[0]), int(first.shape[1]))
+    items = ((Path(p).read_bytes(), int(label)) for p, label in zip(paths, labels))
+    return write_recordio(
+        prefix,
+        progress(items, len(paths), "packing", show_progress),
+        header_record=header_record,
+        image_size=image_size,
+    )
+
+
+def recordio_to_folders(prefix: str | os.PathLike, out: str | os.PathLike, *, show_progress: bool = True) -> int:
+    """Unpack a RecordIO pack into ``out/<label:07d>/<n:03d><ext>`` (``n`` from 1 per label, CASIA-style).
+
+    The extension comes from the image bytes' signature; bytes are written unchanged.
+
+    Returns:
+        The number of images written.
+
+    Raises:
+        FileExistsError: ``out`` exists and is not an empty directory (so two packs never mix).
+    """
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"output {str(out)!r} exists and is not an empty directory")
+    pack = RecordIOFaces(prefix, decode=False)
+    counts: dict[int, int] = {}
+    for i in progress(range(len(pack)), len(pack), "unpacking", show_progress):
+        data = pack.read_bytes(i)
+        label = int(pack.labels[i])
+        counts[label] = counts.get(label, 0) + 1
+        folder = out / f"{label:07d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{counts[label]:03d}{image_extension(data)}").write_bytes(data)
+    pack.close()
+    return len(pack)
+
+
+def lfw_pairs_to_bin(
+    root: str | os.PathLike,
+    pairs_file: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    ext: str = "jpg",
+    show_progress: bool = True,
+) -> int:
+    """Write an LFW-style ``pairs.txt`` and its images as an InsightFace verification ``.bin``.
+
+    Images are stored in pair order (``2i``, ``2i+1`` = pair ``i``, pairs in file order so the 10 folds stay
+    contiguous), as the unchanged file bytes, like insightface's ``lfw2pack.py``. Images used by several pairs are
+    stored once per use, as in that format.
+
+    Returns:
+        The number of pairs written.
+
+    Raises:
+        FileNotFoundError: ``pairs_file`` or an image is missing (checked before any image is read).
+        ValueError: ``pairs_file`` is malformed.
+    """
+    pairs = read_lfw_pairs(pairs_file, ext=ext)
+    check_images_exist(pairs, root)
+    root = Path(root)
+    names = [name for pair in zip(pairs.left, pairs.right) for name in pair]
+    cache: dict[str, bytes] = {}  # LFW reuses images across pairs; read each file once
+    images = []
+    for name in progress(names, len(names), "reading", show_progress):
+        if name not in cache:
+            cache[name] = (root / name).read_bytes()
+        images.append(cache[name])
+    write_bin(out, images, pairs.issame)
+    return len(pairs)

@@ -1,0 +1,211 @@
+"""InsightFace verification .bin packs: loading what insightface's writers produce, refusing malicious pickles
+without running them, validation errors, and the lossless LFW tree -> .bin conversion."""
+
+from __future__ import annotations
+
+import builtins
+import importlib.util
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from facetrain.data.binset import BinFormatError, UnsafeFileError, load_bin, write_bin
+from facetrain.data.convert import lfw_pairs_to_bin
+from facetrain.data.protocols import read_lfw_pairs, write_lfw_pairs
+
+ROOT = Path(__file__).resolve().parents[2]
+ISSAME = [True, False, True]
+
+
+def jpeg(seed: int, size: int = 16) -> bytes:
+    image = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+@pytest.fixture
+def bins() -> list[bytes]:
+    return [jpeg(i) for i in range(2 * len(ISSAME))]
+
+
+def dump(path: Path, obj: object, protocol: int = pickle.HIGHEST_PROTOCOL) -> Path:
+    with path.open("wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+    return path
+
+
+def py2_pickle(bins: list[bytes], issame: list[bool]) -> bytes:
+    """What Python 2's ``pickle.dump((bins, issame), f, 2)`` writes for py2 ``str`` images (BINSTRING opcodes)."""
+    out = b"\x80\x02]q\x00("  # PROTO 2, EMPTY_LIST, BINPUT, MARK
+    out += b"".join(b"T" + struct.pack("<I", len(b)) + b for b in bins) + b"e"  # BINSTRING..., APPENDS
+    out += b"]q\x01(" + b"".join(b"\x88" if s else b"\x89" for s in issame) + b"e"  # NEWTRUE / NEWFALSE
+    return out + b"\x86q\x02."  # TUPLE2, BINPUT, STOP
+
+
+def py2_numpy_array(data: bytes) -> bytes:
+    """Python 2 pickle opcodes (no PROTO/STOP) of ``np.frombuffer(data, np.uint8)``, spelled ``numpy.core``."""
+    out = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85U\x01b\x87R"  # _reconstruct(...)
+    out += b"(K\x01K" + bytes([len(data)]) + b"\x85cnumpy\ndtype\nU\x02u1K\x00K\x01\x87R"  # state, dtype('u1')
+    out += b"(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"  # dtype state
+    return out + b"\x89T" + struct.pack("<I", len(data)) + data + b"tb"  # fortran flag, raw data, BUILD
+
+
+def test_load_and_decode(tmp_path: Path, bins: list[bytes]) -> None:
+    ds = load_bin(dump(tmp_path / "lfw.bin", (bins, ISSAME)))
+    assert len(ds) == 3 and ds.images == bins
+    assert ds.issame.dtype == bool and ds.issame.tolist() == ISSAME
+    expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(bins[4], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(ds.decode(4), expected)
+    data = ds.as_dataset()
+    assert len(data) == 6 and isinstance(data[0], torch.Tensor) and data[0].shape == (3, 16, 16)
+    np.testing.assert_array_equal(data[4].numpy().transpose(1, 2, 0), expected)
+    flipped = ds.as_dataset(lambda image: {"image": image[:, ::-1]})
+    np.testing.assert_array_equal(flipped[4].numpy().transpose(1, 2, 0), expected[:, ::-1])
+
+
+def test_python2_bytes_pickle(tmp_path: Path, bins: list[bytes]) -> None:
+    path = tmp_path / "py2.bin"
+    path.write_bytes(py2_pickle(bins, ISSAME))
+    with pytest.raises(UnicodeDecodeError):  # why insightface retries with encoding='bytes'
+        pickle.loads(path.read_bytes())
+    ds = load_bin(path)
+    assert ds.images == bins and ds.issame.tolist() == ISSAME
+    # A py2 pack of numpy arrays (NumPy 1.x "numpy.core" names, raw data as py2 str) needs the same retry.
+    small = [bytes(range(250, 256)) + b"%d" % i for i in range(2)]
+    path.write_bytes(b"\x80\x02(" + b"".join(py2_numpy_array(b) for b in small) + b"l\x88\x85\x86.")
+    assert load_bin(path).images == small
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "imencode"])
+def test_python3_writers_at_every_protocol(tmp_path: Path, bins: list[bytes], protocol: int, kind: str) -> None:
+    # bytes at protocol < 3 pickle via _codecs.encode, bytearray via builtins.bytearray, and build_eval_pack.py's
+    # cv2.imencode arrays via numpy's reconstructors; issame may hold numpy bools.
+    if kind == "bytearray":
+        items: list = [bytearray(b) for b in bins]
+    elif kind == "imencode":
+        items = [np.frombuffer(b, np.uint8).reshape(-1, 1).copy() for b in bins]
+    else:
+        items = list(bins)
+    issame = [np.bool_(s) for s in ISSAME] if kind == "imencode" else ISSAME
+    ds = load_bin(dump(tmp_path / "x.bin", (items, issame), protocol))
+    assert ds.images == bins and ds.issame.tolist() == ISSAME
+
+
+class SystemCall:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class EvalCall:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.eval, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.mark.parametrize(
+    ("evil", "refused"), [(SystemCall, r"(posix|os)\.system"), (EvalCall, r"(builtins|__builtin__)\.eval")]
+)
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_malicious_pickle_is_refused_without_running(tmp_path: Path, bins, evil, refused, protocol) -> None:
+    marker = tmp_path / "pwned"
+    path = dump(tmp_path / "evil.bin", ([*bins[:5], evil(marker)], ISSAME), protocol)
+    with pytest.raises(UnsafeFileError, match=rf"evil\.bin: refused to unpickle global {refused}"):
+        load_bin(path)
+    assert not marker.exists()
+    # The payload is live: the file really names the dangerous callable (plain pickle.load would call it).
+    assert (b"system" if evil is SystemCall else b"eval") in path.read_bytes()
+
+
+def test_other_globals_refused(tmp_path: Path) -> None:
+    class Loader:
+        def __reduce__(self):
+            return (np.load, ("/etc/passwd",))
+
+    with pytest.raises(UnsafeFileError, match=r"refused to unpickle global numpy\.load"):
+        load_bin(dump(tmp_path / "np.bin", ([Loader()], [])))
+    # An allowed name with a dangerous argument shape is still refused by its wrapper.
+    crafted = b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x04\x00\x00\x00zlib\x86R]\x86."
+    (tmp_path / "codec.bin").write_bytes(crafted)
+    with pytest.raises(BinFormatError, match="only latin1 text"):
+        load_bin(tmp_path / "codec.bin")
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        (([b"a"] * 3, [True, False]), r"3 images for 2 pairs; .* \(expected 4\)"),
+        (([b"a", b"b"], [True], [1]), "expected a pickled \\(bins, issame_list\\) pair, found tuple of length 3"),
+        ({"bins": []}, "expected a pickled .* pair, found dict"),
+        (([b"a", b""], [True]), "image 1 is bytes b''"),
+        (([b"a", 7], [True]), "image 1 is int 7"),
+        (([b"a", b"b"], ["yes"]), r"issame_list\[0\] is str 'yes'"),
+        (([b"a", b"b"], [2]), r"issame_list\[0\] is int 2"),
+    ],
+)
+def test_structure_errors_name_file_and_finding(tmp_path: Path, obj: object, message: str) -> None:
+    with pytest.raises(BinFormatError, match=rf"bad\.bin: {message}"):
+        load_bin(dump(tmp_path / "bad.bin", obj))
+
+
+def test_unreadable_file_and_corrupt_image(tmp_path: Path, bins: list[bytes]) -> None:
+    (tmp_path / "junk.bin").write_bytes(b"\x80\x05not a pickle")
+    with pytest.raises(BinFormatError, match=r"junk\.bin: not a readable pickle"):
+        load_bin(tmp_path / "junk.bin")
+    with pytest.raises(FileNotFoundError, match="missing.bin"):
+        load_bin(tmp_path / "missing.bin")
+    ds = load_bin(dump(tmp_path / "c.bin", ([bins[0], b"\xff\xd8garbage"], [True])))
+    with pytest.raises(BinFormatError, match=r"c\.bin: image 1 \(pair 0\) cannot be decoded"):
+        ds.decode(1)
+    ds.decode(0)  # the good image still decodes, since decoding is lazy and per image
+
+
+def test_write_bin_is_insightface_format(tmp_path: Path, bins: list[bytes]) -> None:
+    path = write_bin(tmp_path / "w.bin", bins, np.array(ISSAME))
+    with path.open("rb") as f:
+        raw_bins, raw_issame = pickle.load(f)
+    assert raw_bins == bins and raw_issame == ISSAME and all(type(s) is bool for s in raw_issame)
+    assert [p.name for p in tmp_path.iterdir()] == ["w.bin"]  # no temporary file left behind
+    with pytest.raises(BinFormatError, match="5 images for 3 pairs"):
+        write_bin(tmp_path / "v.bin", bins[:5], ISSAME)
+    assert not (tmp_path / "v.bin").exists()
+
+
+def test_lfw_tree_to_bin_round_trip_is_lossless(tmp_path: Path) -> None:
+    folds = [
+        ([("Ann_Lee", 1, 2)], [("Ann_Lee", 1, "Bo_Yu", 1)]),
+        ([("Bo_Yu", 1, 3)], [("Cy_Ro", 1, "Bo_Yu", 2)]),
+    ]
+    files: dict[str, bytes] = {}
+    for name, count in [("Ann_Lee", 2), ("Bo_Yu", 3), ("Cy_Ro", 1)]:
+        (tmp_path / "lfw" / name).mkdir(parents=True)
+        for n in range(1, count + 1):
+            rel = f"{name}/{name}_{n:04d}.jpg"
+            files[rel] = jpeg(len(files))
+            (tmp_path / "lfw" / rel).write_bytes(files[rel])
+    write_lfw_pairs(tmp_path / "pairs.txt", folds)
+    assert lfw_pairs_to_bin(tmp_path / "lfw", tmp_path / "pairs.txt", tmp_path / "lfw.bin", show_progress=False) == 4
+    pairs = read_lfw_pairs(tmp_path / "pairs.txt")
+    ds = load_bin(tmp_path / "lfw.bin")
+    assert ds.images == [files[p] for pair in zip(pairs.left, pairs.right) for p in pair]
+    assert ds.issame.tolist() == pairs.issame.tolist() == [True, False, True, False]
+
+    spec = importlib.util.spec_from_file_location("pairs_to_bin", ROOT / "scripts" / "pairs_to_bin.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--root", str(tmp_path / "lfw"), "--pairs-file", str(tmp_path / "pairs.txt"), "--output"]
+    assert script.main([*argv, str(tmp_path / "cli.bin"), "--quiet"]) == 0
+    assert (tmp_path / "cli.bin").read_bytes() == (tmp_path / "lfw.bin").read_bytes()
+    (tmp_path / "lfw" / "Cy_Ro" / "Cy_Ro_0001.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="Cy_Ro_0001"):
+        lfw_pairs_to_bin(tmp_path / "lfw", tmp_path / "pairs.txt", tmp_path / "x.bin", show_progress=False)
