@@ -1,8 +1,11 @@
-"""Lightning callbacks that run the LFW and YTF verification protocols during training.
+"""Lightning callbacks that run the LFW, YTF and open-set evaluation protocols during (or after) training.
 
 Each callback owns one evaluation set and its schedule (every ``every_n_epochs`` epochs and at the end of training).
-It logs ``val/<name>/<metric>`` scalars (what ``ModelCheckpoint`` monitors) and the ROC curve as a TensorBoard
-figure, and keeps the last results as ``<name>/<metric>`` for ``metrics.json``. Files are parsed and checked when the
+Per evaluation it embeds the set once (:attr:`EvaluationCallback.embeddings`) and computes every metric and curve of
+that evaluation from those embeddings. It logs the defined ``val/<name>/<metric>`` scalars (what ``ModelCheckpoint``
+monitors), logs the curves as TensorBoard figures and writes them as PNG + CSV files to ``<dirpath>/curves/``, and
+keeps the JSON-ready results (undefined metrics as ``"undefined"`` with a reason, and the options used) as
+``<name>/<key>`` in :attr:`EvaluationCallback.results` for ``metrics.json``. Files are parsed and checked when the
 callback is built, so a pairs file naming a missing image stops the run before training starts.
 """
 
@@ -13,19 +16,62 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from matplotlib.figure import Figure
 
+from facetrain.data.binset import load_bin
 from facetrain.data.datamodule import DataSource
-from facetrain.data.images import IMAGE_EXTENSIONS, Transform
+from facetrain.data.images import IMAGE_EXTENSIONS, Transform, scan_identity_folders
 from facetrain.data.protocols import PairList, check_images_exist, read_lfw_pairs, read_ytf_splits
-from facetrain.evaluation.embed import embed_images
-from facetrain.evaluation.plots import roc_figure
-from facetrain.evaluation.verification import roc_metrics, verification_report
+from facetrain.evaluation.embed import DecodedImages, embed_images, flip_mode
+from facetrain.evaluation.openset import (
+    OpenSetTrial,
+    blufr_identity,
+    blufr_trials,
+    open_set_report,
+    read_blufr_lists,
+    split_gallery_probe,
+)
+from facetrain.evaluation.plots import (
+    dir_far_figure,
+    roc_figure,
+    score_histogram_figure,
+    subsample_curve,
+    write_curve_csv,
+)
+from facetrain.evaluation.verification import (
+    DEFAULT_FARS,
+    FoldScorer,
+    MetricReport,
+    fold_ids,
+    greater_is_same_for,
+    mean_subtracted_scorer,
+    pair_scores,
+    verification_report,
+)
+from facetrain.evaluation.verification import threshold_grid as make_threshold_grid
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "AGGREGATES",
+    "EvaluationCallback",
+    "OpenSetIdentification",
+    "PairVerification",
+    "VerificationCallback",
+    "VideoVerification",
+    "list_frames",
+]
+
+# YTF video-to-video scores (protocols.md §3.3): ArcFace's mean embedding, NormFace's mean of all frame-pair cosines,
+# FaceNet's mean frame-pair similarity over the first k frames.
+AGGREGATES = ("mean_embedding", "mean_pair_cosine", "first_k")
+
+Artifact = tuple[str, Figure, dict[str, np.ndarray]]  # (kind, figure, CSV columns)
 
 
 def _broadcast_buffers(module: torch.nn.Module) -> None:
@@ -39,8 +85,23 @@ def _broadcast_buffers(module: torch.nn.Module) -> None:
         torch.distributed.broadcast(buffer, src=0)
 
 
-class VerificationCallback(pl.Callback):
-    """Shared schedule, logging and bookkeeping of the verification protocols.
+def _check_fars(name: str, key: str, fars: Sequence[float]) -> tuple[float, ...]:
+    values = tuple(float(f) for f in fars)
+    bad = [f for f in values if not 0.0 < f <= 1.0]
+    if bad:
+        raise ValueError(f"eval.{name}.{key} must be false-accept rates in (0, 1], got {bad}")
+    return values
+
+
+def _tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
+    """The SummaryWriters among the trainer's loggers."""
+    return [
+        logger.experiment for logger in trainer.loggers if hasattr(getattr(logger, "experiment", None), "add_figure")
+    ]
+
+
+class EvaluationCallback(pl.Callback):
+    """Shared schedule, embedding, logging, curves and bookkeeping of the evaluation protocols.
 
     Args:
         name: Metric prefix (``lfw`` gives ``val/lfw/acc`` and ``lfw/acc``).
@@ -48,10 +109,17 @@ class VerificationCallback(pl.Callback):
         every_n_epochs: Evaluate after every n-th training epoch (and always at the end).
         batch_size: Images per forward pass.
         num_workers: DataLoader workers for decoding.
-        flip: Fuse each embedding with that of the mirrored image (sum, then L2 norm).
-        fars: False-accept rates at which TAR is reported.
+        flip: Test-time flip fusion: ``none``, ``sum`` (raw embeddings added, then L2 norm; InsightFace) or
+            ``concat`` (L2-normalised halves concatenated; SphereFace/CosFace). true/false mean sum/none.
         source: Optional generator whose ``ensure()`` creates the data first (the synthetic dataset).
+        dirpath: Run directory; curves go to ``<dirpath>/curves/<name>_<kind>.{png,csv}``. None uses the trainer's
+            ``default_root_dir``.
+        save_curves: Write the curve PNG and CSV files (the TensorBoard figures are logged either way).
+        cache: Decode the set once per run and keep it as uint8 (:class:`DecodedImages`) instead of re-reading the
+            files at every evaluation; false re-reads them (for sets too large for memory).
     """
+
+    paths: np.ndarray
 
     def __init__(
         self,
@@ -60,45 +128,68 @@ class VerificationCallback(pl.Callback):
         every_n_epochs: int = 1,
         batch_size: int = 128,
         num_workers: int = 0,
-        flip: bool = False,
-        fars: Sequence[float] = (1e-3, 1e-2),
+        flip: bool | str = "none",
         source: DataSource | None = None,
+        dirpath: str | None = None,
+        save_curves: bool = True,
+        cache: bool = True,
     ) -> None:
         super().__init__()
         if every_n_epochs < 1:
             raise ValueError(f"eval.{name}.every_n_epochs must be >= 1, got {every_n_epochs}")
+        try:
+            self.flip = flip_mode(flip)
+        except ValueError as error:
+            raise ValueError(f"eval.{name}.{error}") from None
         self.name = name
         self.transform = transform
         self.every_n_epochs = every_n_epochs
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.flip = flip
-        self.fars = tuple(float(f) for f in fars)
+        self.dirpath = dirpath
+        self.save_curves = bool(save_curves)
+        self.cache = bool(cache)
+        self._decoded: DecodedImages | None = None
         if source is not None:
             source.ensure()
-        self.results: dict[str, float] = {}
+        self.results: dict[str, Any] = {}
+        self.report: MetricReport | None = None
+        self.embeddings: np.ndarray | None = None
         self._evaluated_at_step: int | None = None
 
     # --- protocol-specific part -------------------------------------------------------------------------------
-    def pair_scores(self, embeddings: np.ndarray) -> np.ndarray:
-        """Cosine similarity of each pair from the embeddings of :attr:`paths` (same order)."""
+    def compute(self, embeddings: np.ndarray) -> MetricReport:
+        """All metrics of the protocol from the embeddings of :attr:`paths` (same order)."""
         raise NotImplementedError
 
-    paths: np.ndarray
-    pairs: PairList
+    def options(self) -> dict[str, Any]:
+        """Evaluation options recorded next to the results."""
+        return {"flip": self.flip}
+
+    def artifacts(self, title: str) -> list[Artifact]:
+        """Figures and their CSV data for the last evaluation."""
+        return []
 
     # --- evaluation ---------------------------------------------------------------------------------------------
-    def evaluate(self, module: pl.LightningModule, trainer: pl.Trainer | None = None) -> dict[str, float]:
-        """Embed the set with ``module.embed`` and return the protocol's metrics (also stored in ``results``)."""
+    def images(self) -> np.ndarray | DecodedImages:
+        """What :func:`embed_images` reads: the uint8 cache (built on first use) or the file paths."""
+        if not self.cache:
+            return self.paths
+        if self._decoded is None:
+            self._decoded = DecodedImages.from_paths(self.paths, self.transform)
+        return self._decoded
+
+    def embed(self, module: pl.LightningModule | torch.nn.Module, trainer: pl.Trainer | None = None) -> np.ndarray:
+        """L2-normalised (flip-fused) embeddings of :attr:`paths` from ``module.embed``, sharded under DDP."""
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if world > 1:
             _broadcast_buffers(module)
         was_training = module.training
         module.eval()
         try:
-            emb = embed_images(
+            return embed_images(
                 module.embed,
-                self.paths,
+                self.images(),
                 self.transform,
                 module.device,
                 batch_size=self.batch_size,
@@ -110,33 +201,74 @@ class VerificationCallback(pl.Callback):
             )
         finally:
             module.train(was_training)
-        scores = self.pair_scores(emb)
-        report = verification_report(scores, self.pairs.issame, folds=self.pairs.folds, fars=self.fars)
-        self._roc = roc_metrics(scores, self.pairs.issame, fars=self.fars)
-        self.results = {f"{self.name}/{k}": float(v) for k, v in report.items()}
-        self.results[f"{self.name}/pairs"] = float(len(self.pairs))
+
+    def evaluate(
+        self, module: pl.LightningModule | torch.nn.Module, trainer: pl.Trainer | None = None
+    ) -> dict[str, Any]:
+        """Embed the set once and compute the protocol's metrics and curves from those embeddings.
+
+        Returns:
+            JSON-ready results ``<name>/<key>`` (also kept in :attr:`results`; the full report with curves in
+            :attr:`report`).
+        """
+        # Embedded once per evaluation; every metric, figure and CSV of this evaluation reuses these.
+        self.embeddings = self.embed(module, trainer)
+        report = self.compute(self.embeddings)
+        report.options.update(self.options())
+        self.report = report
+        self.results = report.to_json(f"{self.name}/")
         return self.results
 
+    def scalars(self) -> dict[str, float]:
+        """The defined metrics of the last evaluation as ``val/<name>/<metric>`` (undefined ones left out)."""
+        return self.report.scalars(f"val/{self.name}/") if self.report is not None else {}
+
+    def curve_dir(self, trainer: pl.Trainer | None = None) -> Path | None:
+        """Where curve files go: ``<dirpath>/curves`` (or under the trainer's ``default_root_dir``)."""
+        root = self.dirpath if self.dirpath is not None else (trainer.default_root_dir if trainer else None)
+        return None if root is None else Path(root) / "curves"
+
+    def write_curves(self, directory: str | os.PathLike[str] | None = None, step: int | None = None) -> list[Path]:
+        """Save the last evaluation's curves as ``<name>_<kind>.png`` and ``.csv`` files in ``directory``."""
+        directory = Path(directory) if directory is not None else self.curve_dir()
+        if directory is None or self.report is None:
+            return []
+        return self._write(directory, self.artifacts(self._title(step)))
+
+    def _title(self, step: int | None) -> str:
+        return self.name if step is None else f"{self.name} (step {step})"
+
+    def _write(self, directory: Path, artifacts: list[Artifact]) -> list[Path]:
+        written = []
+        directory.mkdir(parents=True, exist_ok=True)
+        for kind, fig, columns in artifacts:
+            png = directory / f"{self.name}_{kind}.png"
+            fig.savefig(png, dpi=120)
+            written += [png, write_curve_csv(directory / f"{self.name}_{kind}.csv", columns)]
+        return written
+
     def _run(self, trainer: pl.Trainer, module: pl.LightningModule, via_module_log: bool) -> None:
-        results = self.evaluate(module, trainer)
+        self.evaluate(module, trainer)
         self._evaluated_at_step = trainer.global_step
-        scalars = {f"val/{k}": v for k, v in results.items() if not k.endswith("/pairs")}
+        scalars = self.scalars()
         if via_module_log:
             module.log_dict(scalars, rank_zero_only=True)
         elif trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(scalars, step=trainer.global_step)
         if trainer.is_global_zero:
-            self._log_roc(trainer)
-            summary = ", ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in results.items() if not k.endswith("/pairs"))
+            self._publish(trainer)
+            summary = ", ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in scalars.items())
             log.info("epoch %d step %d %s: %s", trainer.current_epoch, trainer.global_step, self.name, summary)
 
-    def _log_roc(self, trainer: pl.Trainer) -> None:
-        for logger in trainer.loggers:
-            experiment = getattr(logger, "experiment", None)
-            if hasattr(experiment, "add_figure"):  # TensorBoard's SummaryWriter
-                fig = roc_figure(self._roc["fpr"], self._roc["tpr"], f"{self.name} ROC (step {trainer.global_step})")
-                experiment.add_figure(f"val/{self.name}/roc", fig, global_step=trainer.global_step)
+    def _publish(self, trainer: pl.Trainer) -> None:
+        artifacts = self.artifacts(self._title(trainer.global_step))
+        for writer in _tensorboard_writers(trainer):
+            for kind, fig, _ in artifacts:
+                writer.add_figure(f"val/{self.name}/{kind}", fig, global_step=trainer.global_step, close=False)
+        directory = self.curve_dir(trainer)
+        if self.save_curves and directory is not None:
+            self._write(directory, artifacts)
 
     # --- Lightning hooks ----------------------------------------------------------------------------------------
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -151,14 +283,94 @@ class VerificationCallback(pl.Callback):
             self._run(trainer, pl_module, via_module_log=False)
 
 
+class VerificationCallback(EvaluationCallback):
+    """Pair verification (same / not same) with k-fold accuracy, ROC, AUC, EER and TAR@FAR.
+
+    Args:
+        score: ``cosine`` or ``l2`` (squared L2 distance of the unit embeddings, same when low; InsightFace).
+        mean_subtraction: Subtract the mean embedding of the training folds before scoring (SphereFace); the
+            k-fold thresholds then come from per-fold scores and the ROC from out-of-fold scores.
+        fars: False-accept rates at which TAR is reported; one below 1 / (impostor pairs) is "undefined".
+        threshold_grid: None for the exact threshold search; ``[start, stop, step]`` for a grid (``[0, 4, 0.01]``
+            with ``score=l2`` and ``flip=sum`` is InsightFace's protocol).
+        **kwargs: See :class:`EvaluationCallback`.
+    """
+
+    pairs: PairList
+
+    def __init__(
+        self,
+        name: str,
+        score: str = "cosine",
+        mean_subtraction: bool = False,
+        fars: Sequence[float] = DEFAULT_FARS,
+        threshold_grid: Sequence[float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            greater_is_same_for(score)
+            grid = threshold_grid if threshold_grid is None else [float(v) for v in threshold_grid]
+            make_threshold_grid(grid)
+        except ValueError as error:
+            raise ValueError(f"eval.{name}: {error}") from None
+        self.score = score
+        self.mean_subtraction = bool(mean_subtraction)
+        self.fars = _check_fars(name, "fars", fars)
+        self.threshold_grid = grid
+        super().__init__(name, **kwargs)
+
+    def pair_scores(self, embeddings: np.ndarray) -> np.ndarray:
+        """Score of each pair from the embeddings of :attr:`paths` (same order)."""
+        raise NotImplementedError
+
+    def fold_scorer(self, embeddings: np.ndarray) -> FoldScorer:
+        """Scores of all pairs with the mean of the training folds subtracted (see ``mean_subtraction``)."""
+        raise NotImplementedError
+
+    def compute(self, embeddings: np.ndarray) -> MetricReport:
+        scores = self.fold_scorer(embeddings) if self.mean_subtraction else self.pair_scores(embeddings)
+        report = verification_report(
+            scores,
+            self.pairs.issame,
+            folds=self.pairs.folds,
+            fars=self.fars,
+            greater_is_same=greater_is_same_for(self.score),
+            thresholds=make_threshold_grid(self.threshold_grid),
+        )
+        report.options["pairs"] = len(self.pairs)
+        return report
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "score": self.score, "mean_subtraction": self.mean_subtraction}
+
+    def artifacts(self, title: str) -> list[Artifact]:
+        report = self.report
+        if report is None:
+            return []
+        fpr, tpr, thr = report["fpr"], report["tpr"], report["thresholds"]
+        keep = subsample_curve(fpr)
+        roc = ("roc", roc_figure(fpr[keep], tpr[keep], f"{title} ROC"), {
+            "fpr": fpr[keep], "tpr": tpr[keep], "threshold": thr[keep],
+        })  # fmt: skip
+        scores, issame = report["scores"], report["issame"]
+        xlabel = "cosine similarity" if self.score == "cosine" else "squared L2 distance"
+        if self.mean_subtraction:
+            xlabel += " (mean-subtracted, out-of-fold)"
+        fig, columns = score_histogram_figure(
+            scores[issame], scores[~issame], report.values.get("threshold"), f"{title} scores", xlabel
+        )
+        return [roc, ("scores", fig, columns)]
+
+
 class PairVerification(VerificationCallback):
     """Image-pair verification in the LFW View-2 layout (``root/<Name>/<Name>_<NNNN>.jpg`` + ``pairs.txt``).
 
-    Folds are the 10 consecutive blocks of ``pairs.txt`` in file order; scores are cosine similarities.
+    Folds are the 10 consecutive blocks of ``pairs.txt`` in file order. Each image is embedded once even when it
+    appears in several pairs.
     """
 
-    def __init__(self, name: str, root: str, pairs_file: str, ext: str = "jpg", **kwargs: object) -> None:
-        super().__init__(name, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, name: str, root: str, pairs_file: str, ext: str = "jpg", **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
         self.root = Path(root)
         self.pairs = read_lfw_pairs(pairs_file, ext=ext)
         check_images_exist(self.pairs, self.root)
@@ -168,7 +380,54 @@ class PairVerification(VerificationCallback):
         self._left, self._right = inverse[:n], inverse[n:]
 
     def pair_scores(self, embeddings: np.ndarray) -> np.ndarray:
-        return np.sum(embeddings[self._left] * embeddings[self._right], axis=1)
+        return pair_scores(embeddings[self._left], embeddings[self._right], self.score)
+
+    def fold_scorer(self, embeddings: np.ndarray) -> FoldScorer:
+        return mean_subtracted_scorer(embeddings[self._left], embeddings[self._right], self.score)
+
+
+class BinVerification(VerificationCallback):
+    """Pair verification on an InsightFace ``.bin`` pack (lfw.bin, cfp_fp.bin, agedb_30.bin, calfw.bin, cplfw.bin).
+
+    The pack is loaded with the restricted unpickler of :func:`facetrain.data.binset.load_bin` (a ``.bin`` from the
+    internet cannot run code), its images stay encoded until the first evaluation decodes them once into the uint8
+    cache. Images ``2i`` and ``2i+1`` form pair ``i``; the 10 folds are consecutive blocks in file order, as in
+    InsightFace's ``verification.py``.
+
+    Args:
+        name: Metric prefix (``cfp_fp`` gives ``val/cfp_fp/acc``).
+        path: The ``.bin`` file.
+        n_folds: Consecutive folds in file order (10, as every published number on these packs).
+        **kwargs: The options of :class:`VerificationCallback` (flip, score, mean_subtraction, ...).
+    """
+
+    def __init__(self, name: str, path: str, n_folds: int = 10, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.binset = load_bin(path)
+        n = len(self.binset)
+        if not 2 <= n_folds <= n:
+            raise ValueError(f"eval.{name}.n_folds must be in [2, {n}] for the {n} pairs of {path}, got {n_folds}")
+        self.pairs = PairList(
+            left=[f"{path}#{2 * i}" for i in range(n)],
+            right=[f"{path}#{2 * i + 1}" for i in range(n)],
+            issame=self.binset.issame.astype(bool),
+            folds=fold_ids(n, n_folds),
+        )
+        self.paths = np.asarray([f"{path}#{i}" for i in range(2 * n)])  # names for messages; images come from the pack
+        self._left, self._right = np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2)
+
+    def images(self) -> DecodedImages:
+        if self._decoded is None:
+            self._decoded = DecodedImages(self.binset.decode, 2 * len(self.binset), self.transform)
+        if not self.cache:
+            self._decoded.cache.clear()
+        return self._decoded
+
+    def pair_scores(self, embeddings: np.ndarray) -> np.ndarray:
+        return pair_scores(embeddings[self._left], embeddings[self._right], self.score)
+
+    def fold_scorer(self, embeddings: np.ndarray) -> FoldScorer:
+        return mean_subtracted_scorer(embeddings[self._left], embeddings[self._right], self.score)
 
 
 _FRAME_NUMBER = re.compile(r"\.(\d+)\.[^.]+$")
@@ -179,14 +438,21 @@ def _frame_key(name: str) -> tuple[int, str]:
     return (int(match.group(1)) if match else -1, name)
 
 
-def list_frames(video_dir: Path, frames_per_video: int | None) -> list[str]:
-    """Frames of one video in frame-number order, evenly subsampled to at most ``frames_per_video``."""
+def list_frames(video_dir: Path, frames_per_video: int | None, first_k: int | None = None) -> list[str]:
+    """Frames of one video in frame-number order.
+
+    Args:
+        frames_per_video: Keep at most this many evenly spaced frames; None keeps all.
+        first_k: Keep only the first k frames (FaceNet's YTF protocol); applied instead of ``frames_per_video``.
+    """
     if not video_dir.is_dir():
         raise FileNotFoundError(f"video folder {str(video_dir)!r} named in the splits file does not exist")
     frames = sorted((f for f in os.listdir(video_dir) if f.lower().endswith(IMAGE_EXTENSIONS)), key=_frame_key)
     if not frames:
         raise FileNotFoundError(f"video folder {str(video_dir)!r} holds no frame images")
-    if frames_per_video is not None and len(frames) > frames_per_video:
+    if first_k is not None:
+        frames = frames[:first_k]
+    elif frames_per_video is not None and len(frames) > frames_per_video:
         keep = np.linspace(0, len(frames) - 1, frames_per_video).round().astype(int)
         frames = [frames[i] for i in keep]
     return [os.path.join(video_dir, f) for f in frames]
@@ -195,30 +461,191 @@ def list_frames(video_dir: Path, frames_per_video: int | None) -> list[str]:
 class VideoVerification(VerificationCallback):
     """Video-pair verification in the YouTube Faces layout (``root/<Name>/<video>/<frames>`` + ``splits.txt``).
 
-    A video's embedding is the L2-normalised mean of its L2-normalised frame embeddings (the ArcFace choice,
-    protocols.md §3.3); the 10 splits are the folds.
+    The 10 splits are the folds. How two videos are compared is not standardised (protocols.md §3.3), so it is an
+    option, recorded next to the results:
+
+    * ``mean_embedding`` (default, ArcFace): a video is the L2-normalised mean of its L2-normalised frame
+      embeddings; pairs are scored like images.
+    * ``mean_pair_cosine`` (NormFace): the mean over all frame pairs of the two videos of the frame-pair score. For
+      unit frames this is the dot product of the two *un-normalised* frame means (and 2 - 2·that for ``l2``), so
+      no frame-by-frame matrix is built.
+    * ``first_k`` (FaceNet): ``mean_pair_cosine`` over the first ``k`` frames of each video.
+
+    With ``mean_subtraction`` the mean of the frames of the videos in the training splits is subtracted from every
+    frame, which is L2-normalised again before aggregation (NormFace's order).
 
     Args:
-        frames_per_video: Evenly spaced frames used per video; None uses all.
+        frames_per_video: Evenly spaced frames used per video; None uses all. Not combinable with ``first_k``.
+        aggregate: ``mean_embedding``, ``mean_pair_cosine`` or ``first_k``.
+        k: Frames per video for ``first_k`` (FaceNet used 100).
     """
 
     def __init__(
-        self, name: str, root: str, splits_file: str, frames_per_video: int | None = None, **kwargs: object
+        self,
+        name: str,
+        root: str,
+        splits_file: str,
+        frames_per_video: int | None = None,
+        aggregate: str = "mean_embedding",
+        k: int = 100,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(name, **kwargs)  # type: ignore[arg-type]
+        super().__init__(name, **kwargs)
         if frames_per_video is not None and frames_per_video < 1:
             raise ValueError(f"eval.{name}.frames_per_video must be >= 1 or null, got {frames_per_video}")
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"eval.{name}.aggregate must be one of {list(AGGREGATES)}, got {aggregate!r}")
+        if aggregate == "first_k":
+            if int(k) != k or k < 1:
+                raise ValueError(f"eval.{name}.k must be a positive integer, got {k!r}")
+            if frames_per_video is not None:
+                raise ValueError(
+                    f"eval.{name}: aggregate=first_k takes the first k={k} frames; set frames_per_video=null"
+                )
+        self.aggregate = aggregate
+        self.k = int(k)
+        self.frames_per_video = frames_per_video
         self.root = Path(root)
         self.pairs = read_ytf_splits(splits_file)
         videos, inverse = np.unique(np.asarray(self.pairs.left + self.pairs.right), return_inverse=True)
-        frames = [list_frames(self.root / v, frames_per_video) for v in videos]
+        first_k = self.k if aggregate == "first_k" else None
+        frames = [list_frames(self.root / v, frames_per_video, first_k) for v in videos]
         self.paths = np.asarray([p for f in frames for p in f])
-        self._owner = np.repeat(np.arange(len(videos)), [len(f) for f in frames])
+        self._counts = np.asarray([len(f) for f in frames])
+        self._starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
+        self._owner = np.repeat(np.arange(len(videos)), self._counts)  # video of each frame (contiguous runs)
         n = len(self.pairs)
         self._left, self._right = inverse[:n], inverse[n:]
 
+    def options(self) -> dict[str, Any]:
+        options = {**super().options(), "aggregate": self.aggregate}
+        if self.aggregate == "first_k":
+            options["k"] = self.k
+        else:
+            options["frames_per_video"] = self.frames_per_video if self.frames_per_video is not None else "all"
+        return options
+
+    def video_scores(self, frames: np.ndarray) -> np.ndarray:
+        """Score of each video pair from L2-normalised frame embeddings (rows in :attr:`paths` order)."""
+        means = np.add.reduceat(frames, self._starts, axis=0) / self._counts[:, None]
+        if self.aggregate == "mean_embedding":
+            videos = means / np.linalg.norm(means, axis=1, keepdims=True).clip(min=1e-12)
+            return pair_scores(videos[self._left], videos[self._right], self.score)
+        # Mean over all frame pairs of a·b = (mean of a)·(mean of b); for unit frames |a - b|² = 2 - 2 a·b.
+        mean_cos = np.sum(means[self._left] * means[self._right], axis=1)
+        return mean_cos if self.score == "cosine" else 2.0 - 2.0 * mean_cos
+
     def pair_scores(self, embeddings: np.ndarray) -> np.ndarray:
-        sums = np.zeros((self._owner.max() + 1, embeddings.shape[1]))
-        np.add.at(sums, self._owner, embeddings)
-        videos = sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(min=1e-12)
-        return np.sum(videos[self._left] * videos[self._right], axis=1)
+        return self.video_scores(embeddings)
+
+    def fold_scorer(self, embeddings: np.ndarray) -> FoldScorer:
+        frames = np.asarray(embeddings, dtype=np.float64)
+
+        def scorer(train: np.ndarray) -> np.ndarray:
+            videos = np.union1d(self._left[train], self._right[train])
+            mu = frames[np.isin(self._owner, videos)].mean(axis=0)
+            centred = frames - mu
+            return self.video_scores(centred / np.linalg.norm(centred, axis=1, keepdims=True).clip(min=1e-12))
+
+        return scorer
+
+
+class OpenSetIdentification(EvaluationCallback):
+    """Open-set identification (DIR@FAR), closed-set rank-1 and all-pairs verification rate over several trials.
+
+    Two protocols:
+
+    * **BLUFR** (``blufr_dir`` set): the trials of BLUFR's text lists ``gallery_set.txt``, ``probe_set.txt`` and
+      optionally ``test_set.txt`` (format in :func:`facetrain.evaluation.openset.read_blufr_list`); images are
+      ``root/<Name>/<Name>_<NNNN>.jpg`` (LFW). Report DIR@FAR=1% rank 1 and VR@FAR=0.1%, headline mean − std.
+    * **generic** (``blufr_dir`` null): any identity-folder tree ``root/<identity>/<image>``; trial t is the seeded
+      split :func:`facetrain.evaluation.openset.split_gallery_probe` with seed ``seed + t``: a fraction
+      ``impostor_fraction`` of identities is left out of the gallery (impostors), every other identity puts one image
+      in the gallery and the rest are genuine probes.
+
+    Every image is embedded once per evaluation; the trials index into those embeddings.
+
+    Args:
+        root: Image root (LFW layout for BLUFR, identity folders otherwise).
+        blufr_dir: Folder with BLUFR's text lists, or None for the generic protocol.
+        trials: Number of generic trials (BLUFR: the number in the lists).
+        seed: Seed of the first generic trial.
+        impostor_fraction: Fraction of identities held out of the gallery (generic).
+        fars: FARs for DIR.
+        rank: Rank for DIR.
+        ver_far: FAR for the all-pairs verification rate of each trial's test set; null skips it.
+        **kwargs: See :class:`EvaluationCallback`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        blufr_dir: str | None = None,
+        trials: int = 10,
+        seed: int = 0,
+        impostor_fraction: float = 0.5,
+        fars: Sequence[float] = (0.01,),
+        rank: int = 1,
+        ver_far: float | None = 1e-3,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, **kwargs)
+        self.fars = _check_fars(name, "fars", fars)
+        if ver_far is not None:
+            _check_fars(name, "ver_far", [ver_far])
+        if int(rank) != rank or rank < 1:
+            raise ValueError(f"eval.{name}.rank must be a positive integer, got {rank!r}")
+        self.rank, self.ver_far, self.seed = int(rank), ver_far, int(seed)
+        self.impostor_fraction = float(impostor_fraction)
+        self.root = Path(root)
+        self.blufr_dir = blufr_dir
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"eval.{name}.root={str(self.root)!r} is not a directory")
+        if blufr_dir is not None:
+            lists = read_blufr_lists(blufr_dir)
+            files = lists.files
+            identities = [blufr_identity(f) for f in files]
+            self.paths = np.asarray([os.path.join(self.root, i, f) for i, f in zip(identities, files)])
+            missing = [p for p in self.paths if not os.path.exists(p)]
+            if missing:
+                raise FileNotFoundError(
+                    f"{len(missing)} of {len(files)} BLUFR images are missing under {self.root}; first: {missing[0]}"
+                )
+            self.labels = np.asarray(identities)
+            self.trials: list[OpenSetTrial] = blufr_trials(lists, files)
+        else:
+            if int(trials) != trials or trials < 1:
+                raise ValueError(f"eval.{name}.trials must be a positive integer, got {trials!r}")
+            try:
+                _, self.paths, self.labels = scan_identity_folders(self.root)
+                self.trials = [
+                    split_gallery_probe(self.labels, seed=self.seed + t, impostor_fraction=self.impostor_fraction)
+                    for t in range(int(trials))
+                ]
+            except ValueError as error:
+                raise ValueError(f"eval.{name}: {error}") from None
+
+    def compute(self, embeddings: np.ndarray) -> MetricReport:
+        return open_set_report(
+            embeddings, self.labels, self.trials, fars=self.fars, rank=self.rank, ver_far=self.ver_far
+        )
+
+    def options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            **super().options(),
+            "protocol": "blufr" if self.blufr_dir is not None else "generic",
+            "rank": self.rank,
+            "images": len(self.paths),
+        }
+        if self.blufr_dir is None:
+            options.update(seed=self.seed, impostor_fraction=self.impostor_fraction)
+        return options
+
+    def artifacts(self, title: str) -> list[Artifact]:
+        report = self.report
+        if report is None or "dir_far_fars" not in report:
+            return []
+        fars, mean, std = report["dir_far_fars"], report["dir_far_mean"], report["dir_far_std"]
+        fig = dir_far_figure(fars, mean, f"{title} DIR (rank {self.rank})", std=std)
+        return [("dir_far", fig, {"far": fars, "dir_mean": mean, "dir_std": std})]

@@ -1,19 +1,102 @@
-"""Embedding a list of images, sharded over DDP ranks and gathered back in order."""
+"""Embedding a list of images, sharded over DDP ranks and gathered back in order, with optional flip fusion."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
-from facetrain.data.images import ImageList, Transform
+from facetrain.data.images import ImageList, Transform, read_rgb, to_tensor
 
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 AllGather = Callable[[torch.Tensor], torch.Tensor]
+
+# Test-time flip fusion (protocols.md §2.3): none; sum of the raw original and mirrored embeddings, then L2 norm
+# (InsightFace's test(), NormFace); concatenation of the L2-normalised halves (SphereFace, CosFace, Center loss).
+FLIP_MODES = ("none", "sum", "concat")
+
+
+def flip_mode(flip: bool | str | None) -> str:
+    """The flip-fusion mode of a config value: ``none``, ``sum`` or ``concat`` (false/true mean none/sum)."""
+    if flip is None or flip is False:
+        return "none"
+    if flip is True:
+        return "sum"
+    if flip not in FLIP_MODES:
+        raise ValueError(f"flip must be one of {list(FLIP_MODES)} (or true/false), got {flip!r}")
+    return str(flip)
+
+
+def fuse_flip(emb: torch.Tensor, emb_flipped: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """L2-normalised fused embeddings of a batch and of its mirror image.
+
+    ``sum`` adds the *raw* embeddings before normalising, exactly as InsightFace's ``test()``; ``concat`` joins
+    the two L2-normalised halves and normalises the result (dividing by sqrt(2)), so its cosine is the mean of the
+    two halves' cosines and its squared L2 distance stays in [0, 4].
+    """
+    mode = flip_mode(mode)
+    if mode == "none":
+        return F.normalize(emb, dim=1)
+    if emb_flipped is None:
+        raise ValueError(f"flip={mode!r} needs the embeddings of the mirrored images")
+    if mode == "sum":
+        return F.normalize(emb + emb_flipped, dim=1)
+    return F.normalize(torch.cat([F.normalize(emb, dim=1), F.normalize(emb_flipped, dim=1)], dim=1), dim=1)
+
+
+class DecodedImages(Dataset):
+    """Evaluation images decoded once and kept as uint8 ``H×W×3`` arrays (not floats: 4× less memory).
+
+    An evaluation set is embedded after every epoch; decoding its JPEGs each time costs more than the forward pass
+    on a GPU. :meth:`ensure` decodes the requested indices once (a thread pool: OpenCV releases the GIL) and later
+    calls only apply the deterministic transform. Under DDP each rank decodes and keeps only its own shard.
+
+    Args:
+        decode: Returns image ``i`` as uint8 RGB (``read_rgb`` of a path, or ``BinSet.decode``).
+        size: Number of images.
+        transform: Deterministic evaluation pipeline applied on access.
+        threads: Decoding threads.
+    """
+
+    def __init__(self, decode: Callable[[int], np.ndarray], size: int, transform: Transform | None, threads: int = 4):
+        self.decode = decode
+        self.size = int(size)
+        self.transform = transform
+        self.threads = max(1, int(threads))
+        self.cache: dict[int, np.ndarray] = {}
+
+    @classmethod
+    def from_paths(cls, paths: Sequence[str] | np.ndarray, transform: Transform | None) -> DecodedImages:
+        paths = np.asarray(paths)
+        return cls(lambda i: read_rgb(str(paths[i])), len(paths), transform)
+
+    def ensure(self, indices: Sequence[int] | np.ndarray) -> None:
+        """Decodes the indices not decoded yet (errors name the file, as ``read_rgb`` does)."""
+        missing = [int(i) for i in indices if int(i) not in self.cache]
+        if not missing:
+            return
+        with ThreadPoolExecutor(self.threads) as pool:
+            for i, image in zip(missing, pool.map(self.decode, missing), strict=True):
+                self.cache[i] = image
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the decoded images."""
+        return sum(a.nbytes for a in self.cache.values())
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = self.cache.get(index)
+        if image is None:
+            image = self.decode(index)
+        return to_tensor(self.transform, image)
 
 
 def shard_indices(n: int, rank: int, world_size: int) -> np.ndarray:
@@ -34,12 +117,12 @@ def unshard(gathered: torch.Tensor, n: int) -> torch.Tensor:
 @torch.no_grad()
 def embed_images(
     embed: EmbedFn,
-    paths: Sequence[str] | np.ndarray,
+    paths: Sequence[str] | np.ndarray | DecodedImages,
     transform: Transform | None,
     device: torch.device,
     batch_size: int = 128,
     num_workers: int = 0,
-    flip: bool = False,
+    flip: bool | str = "none",
     rank: int = 0,
     world_size: int = 1,
     all_gather: AllGather | None = None,
@@ -51,20 +134,29 @@ def embed_images(
 
     Args:
         embed: Maps a batch of images to embeddings (the model in eval mode).
-        flip: Add the embedding of the horizontally flipped image before normalising (flip fusion).
+        paths: Image files, or a :class:`DecodedImages` cache (decoded once for this rank's shard; its transform is
+            used and ``transform`` is ignored).
+        flip: Flip fusion with the horizontally mirrored image: ``none``, ``sum`` or ``concat`` (see
+            :func:`fuse_flip`; ``concat`` doubles the width). Booleans mean none/sum.
         all_gather: Collective that stacks a tensor from every rank into ``(world, ...)``; needed when
             ``world_size > 1``.
     """
-    paths = np.asarray(paths)
-    local = shard_indices(len(paths), rank, world_size)
-    loader = DataLoader(ImageList(paths[local], transform), batch_size=batch_size, num_workers=num_workers)
+    mode = flip_mode(flip)
+    if isinstance(paths, DecodedImages):
+        local = shard_indices(len(paths), rank, world_size)
+        paths.ensure(local)
+        # Decoded already: the workers would only apply the transform, and would need a copy of the cache.
+        loader = DataLoader(Subset(paths, local.tolist()), batch_size=batch_size, num_workers=0)
+    else:
+        paths = np.asarray(paths)
+        local = shard_indices(len(paths), rank, world_size)
+        loader = DataLoader(ImageList(paths[local], transform), batch_size=batch_size, num_workers=num_workers)
     chunks = []
     for images in loader:
         images = images.to(device)
         emb = embed(images).float()
-        if flip:
-            emb = emb + embed(torch.flip(images, dims=[3])).float()
-        chunks.append(F.normalize(emb, dim=1))
+        flipped = embed(torch.flip(images, dims=[3])).float() if mode != "none" else None
+        chunks.append(fuse_flip(emb, flipped, mode))
     local_emb = torch.cat(chunks) if chunks else torch.empty(0, 0, device=device)
     if world_size == 1:
         return local_emb.cpu().numpy()

@@ -1,0 +1,379 @@
+"""The evaluation callbacks on tiny on-disk LFW/YTF-format sets with a model whose embeddings are known exactly.
+
+Images are lossless PNGs whose left and right halves are flat colours; the fake model's embedding of an image is the
+per-channel mean of its left half and of its right half, minus 127.5 (6-D). So every embedding, and hence every
+known answer below, follows from the colours written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from sklearn.preprocessing import normalize
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from facetrain.data.convert import lfw_pairs_to_bin
+from facetrain.data.protocols import write_lfw_pairs, write_ytf_splits
+from facetrain.evaluation.callbacks import BinVerification, OpenSetIdentification, PairVerification, VideoVerification
+from facetrain.evaluation.embed import embed_images
+from facetrain.evaluation.plots import read_curve_csv, subsample_curve, write_curve_csv
+from facetrain.evaluation.verification import UNDEFINED, kfold_accuracy_mean_subtracted
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class HalvesModel(torch.nn.Module):
+    """embed(images) = [mean RGB of the left half, mean RGB of the right half] - 127.5; counts its forward calls."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.calls = 0
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        w = images.shape[3] // 2
+        return torch.cat([images[..., :w].mean(dim=(2, 3)), images[..., w:].mean(dim=(2, 3))], dim=1) - 127.5
+
+
+def _write_image(path: Path, vector: np.ndarray) -> None:
+    """8x8 PNG: left half RGB = vector[:3], right half RGB = vector[3:]."""
+    image = np.zeros((8, 8, 3), np.uint8)
+    image[:, :4], image[:, 4:] = vector[:3], vector[3:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(image[..., ::-1]))  # OpenCV writes BGR
+
+
+def _embedding(vector: np.ndarray) -> np.ndarray:
+    return np.asarray(vector, np.float64) - 127.5
+
+
+NAMES = ["Ann_Ash", "Bob_Bay", "Cid_Cole", "Dee_Dunn", "Eve_Ely", "Fay_Fox"]
+
+
+@pytest.fixture(scope="module")
+def lfw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six identities x 3 images; identity i = 128 + 100 e_i plus small noise (perfectly separable)."""
+    root = tmp_path_factory.mktemp("lfw")
+    rng = np.random.default_rng(0)
+    for i, name in enumerate(NAMES):
+        for n in range(1, 4):
+            vector = 128 + 100 * np.eye(6, dtype=int)[i] + rng.integers(-3, 4, 6)
+            _write_image(root / "lfw" / name / f"{name}_{n:04d}.png", vector.astype(np.uint8))
+    folds = [
+        ([(NAMES[0], 1, 2), (NAMES[1], 1, 3)], [(NAMES[0], 3, NAMES[2], 1), (NAMES[1], 2, NAMES[3], 2)]),
+        ([(NAMES[4], 1, 2), (NAMES[5], 2, 3)], [(NAMES[4], 3, NAMES[5], 1), (NAMES[2], 2, NAMES[3], 3)]),
+    ]
+    write_lfw_pairs(root / "pairs.txt", folds)
+    return root
+
+
+def _pairs(lfw: Path, tmp_path: Path, **kwargs: object) -> PairVerification:
+    kwargs = {"dirpath": str(tmp_path), **kwargs}
+    return PairVerification("lfw", root=str(lfw / "lfw"), pairs_file=str(lfw / "pairs.txt"), ext="png", **kwargs)
+
+
+def test_pair_verification_results_options_and_undefined(lfw: Path, tmp_path: Path) -> None:
+    callback = _pairs(lfw, tmp_path)
+    model = HalvesModel()
+    results = callback.evaluate(model)
+    assert model.calls == 1  # 16 distinct images, one batch: every metric and curve reuses these embeddings
+    assert callback.embeddings.shape == (16, 6)
+    np.testing.assert_allclose(callback.report["scores"], callback.pair_scores(callback.embeddings))
+    assert results["lfw/acc"] == 1.0 and results["lfw/auc"] == 1.0 and results["lfw/eer"] == 0.0
+    # 4 impostor pairs: the smallest measurable FAR is 0.25, so every default FAR is undefined, with a reason.
+    for far in ("0.0001", "0.001", "0.01"):
+        assert results[f"lfw/tar@far={far}"] == UNDEFINED
+        assert "below 1/4" in results[f"lfw/tar@far={far}_reason"]
+    assert {k: results[f"lfw/{k}"] for k in ("flip", "score", "mean_subtraction", "thresholds", "pairs")} == {
+        "flip": "none", "score": "cosine", "mean_subtraction": False, "thresholds": "exact", "pairs": 8,
+    }  # fmt: skip
+    json.dumps(results)  # JSON-ready: no NaN, no numpy scalars
+    scalars = callback.scalars()
+    assert "val/lfw/acc" in scalars and not any("tar@far" in k for k in scalars)
+    assert all(isinstance(v, float) and np.isfinite(v) for v in scalars.values())
+
+
+def test_bin_pack_gives_the_same_results_as_the_image_tree(lfw: Path, tmp_path: Path) -> None:
+    pack = tmp_path / "lfw.bin"
+    lfw_pairs_to_bin(lfw / "lfw", lfw / "pairs.txt", pack, ext="png", show_progress=False)
+    for options in ({}, {"flip": "sum", "score": "l2"}, {"mean_subtraction": True}):
+        tree = _pairs(lfw, tmp_path, **options).evaluate(HalvesModel())
+        model = HalvesModel()
+        callback = BinVerification("lfw", path=str(pack), n_folds=2, dirpath=str(tmp_path), **options)
+        packed = callback.evaluate(model)
+        assert packed == tree
+        callback.evaluate(model)
+        assert len(callback.images().cache) == 16  # decoded once (uint8), reused by the second evaluation
+        assert all(a.dtype == np.uint8 for a in callback.images().cache.values())
+    with pytest.raises(ValueError, match=r"eval\.lfw\.n_folds must be in \[2, 8\]"):
+        BinVerification("lfw", path=str(pack))
+
+
+def test_eval_images_are_decoded_once_per_run(lfw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import facetrain.evaluation.embed as embed_module
+
+    reads: list[str] = []
+    real = embed_module.read_rgb
+    monkeypatch.setattr(embed_module, "read_rgb", lambda p: reads.append(str(p)) or real(p))
+    callback = _pairs(lfw, tmp_path)
+    first = callback.evaluate(HalvesModel())
+    assert callback.evaluate(HalvesModel()) == first
+    assert len(reads) == 16  # 16 distinct images, two evaluations
+    uncached = _pairs(lfw, tmp_path, cache=False)
+    assert uncached.evaluate(HalvesModel()) == first
+
+
+def test_pair_verification_options_change_the_scores(lfw: Path, tmp_path: Path) -> None:
+    callback = _pairs(lfw, tmp_path, flip="sum", score="l2", mean_subtraction=True, threshold_grid=[0, 4, 0.01])
+    model = HalvesModel()
+    results = callback.evaluate(model)
+    assert model.calls == 2  # original and mirrored batch
+    assert results["lfw/flip"] == "sum" and results["lfw/score"] == "l2" and results["lfw/mean_subtraction"] is True
+    assert results["lfw/thresholds"] == "grid of 400 from 0 to 3.99"
+    emb = callback.embeddings
+    expected = kfold_accuracy_mean_subtracted(
+        emb[callback._left], emb[callback._right], callback.pairs.issame, folds=callback.pairs.folds, score="l2"
+    )
+    np.testing.assert_allclose(callback.report["scores"], expected["scores"])
+    assert results["lfw/acc"] == 1.0
+
+
+@pytest.mark.parametrize("mode", ["none", "sum", "concat"])
+def test_flip_fusion_modes(tmp_path: Path, mode: str) -> None:
+    vector = np.array([200, 60, 90, 30, 170, 140], np.uint8)
+    _write_image(tmp_path / "x.png", vector)
+    got = embed_images(HalvesModel().embed, [str(tmp_path / "x.png")], None, torch.device("cpu"), flip=mode)[0]
+    e = _embedding(vector)
+    mirrored = np.r_[e[3:], e[:3]]  # a horizontal flip swaps the flat halves
+    expected = {
+        "none": normalize(e[None])[0],
+        "sum": normalize((e + mirrored)[None])[0],
+        "concat": normalize(np.r_[normalize(e[None])[0], normalize(mirrored[None])[0]][None])[0],
+    }[mode]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_bad_options_fail_before_reading_files(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nothing")
+    for kwargs, message in [
+        ({"flip": "mirror"}, "flip must be one of"),
+        ({"score": "dot"}, "score must be one of"),
+        ({"fars": [0.0]}, r"fars must be false-accept rates in \(0, 1\]"),
+        ({"threshold_grid": [1.0]}, "start, stop, step"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            PairVerification("lfw", root=missing, pairs_file=missing, **kwargs)
+
+
+def test_curves_are_written_and_logged(lfw: Path, tmp_path: Path) -> None:
+    callback = _pairs(lfw, tmp_path, dirpath=None)
+    callback.evaluate(HalvesModel())
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version="")
+    trainer = SimpleNamespace(loggers=[logger], global_step=7, default_root_dir=str(tmp_path / "run"))
+    callback._publish(trainer)
+    logger.experiment.flush()
+    curves = tmp_path / "run" / "curves"
+    assert sorted(p.name for p in curves.iterdir()) == [
+        "lfw_roc.csv",
+        "lfw_roc.png",
+        "lfw_scores.csv",
+        "lfw_scores.png",
+    ]
+    roc = read_curve_csv(curves / "lfw_roc.csv")
+    assert list(roc) == ["fpr", "tpr", "threshold"] and roc["fpr"][0] == 0.0 and roc["tpr"][-1] == 1.0
+    hist = read_curve_csv(curves / "lfw_scores.csv")
+    assert hist["genuine"].sum() == 4 and hist["impostor"].sum() == 4
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    events.Reload()
+    assert {"val/lfw/roc", "val/lfw/scores"} <= set(events.Tags()["images"])
+    # Standalone evaluation writes the same files wherever it is asked to.
+    assert len(callback.write_curves(tmp_path / "elsewhere")) == 4
+
+
+def test_large_roc_is_subsampled_at_its_operating_points() -> None:
+    fpr = np.r_[0.0, np.arange(1, 1_000_001) / 1_000_000]
+    keep = subsample_curve(fpr, max_points=500)
+    assert keep[0] == 0 and keep[-1] == fpr.size - 1 and keep.size <= 500
+    assert np.all(np.diff(keep) > 0) and 1 in keep  # the lowest non-zero FAR survives
+    assert np.array_equal(subsample_curve(fpr[:100]), np.arange(100))
+
+
+# --- YTF -------------------------------------------------------------------------------------------------------------
+VIDEOS = [f"{name}/{video}" for name in NAMES[:4] for video in (1, 2)]
+FRAMES = (1, 2, 10)  # frame 10 sorts after 2 by number, before it by name
+
+
+@pytest.fixture(scope="module")
+def ytf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    """Four identities x 2 videos x frames 1, 2, 10 with random colours; returns the root and the frame vectors."""
+    root = tmp_path_factory.mktemp("ytf")
+    rng = np.random.default_rng(1)
+    vectors = {}
+    for video in VIDEOS:
+        frames = rng.integers(30, 226, size=(len(FRAMES), 6)).astype(np.uint8)
+        vectors[video] = _embedding(frames)  # rows in frame-number order
+        number = video.split("/")[1]
+        for frame, vector in zip(FRAMES, frames):
+            _write_image(root / "db" / video / f"aligned_detect_{number}.{frame}.png", vector)
+    rows = [
+        (1, 1, VIDEOS[0], VIDEOS[1], 1), (1, 2, VIDEOS[0], VIDEOS[2], 0),
+        (1, 3, VIDEOS[2], VIDEOS[3], 1), (1, 4, VIDEOS[1], VIDEOS[4], 0),
+        (2, 1, VIDEOS[4], VIDEOS[5], 1), (2, 2, VIDEOS[5], VIDEOS[6], 0),
+        (2, 3, VIDEOS[6], VIDEOS[7], 1), (2, 4, VIDEOS[3], VIDEOS[7], 0),
+    ]  # fmt: skip
+    write_ytf_splits(root / "splits.txt", rows)
+    return root, vectors
+
+
+def _video(ytf: tuple[Path, dict], tmp_path: Path, **kwargs: object) -> VideoVerification:
+    root, _ = ytf
+    return VideoVerification(
+        "ytf", root=str(root / "db"), splits_file=str(root / "splits.txt"), dirpath=str(tmp_path), **kwargs
+    )
+
+
+def _brute_force_video_score(a: np.ndarray, b: np.ndarray, aggregate: str, score: str, k: int = 2) -> float:
+    a, b = normalize(a), normalize(b)
+    if aggregate == "mean_embedding":
+        va, vb = normalize(a.mean(0)[None])[0], normalize(b.mean(0)[None])[0]
+        return float(va @ vb) if score == "cosine" else float(np.sum((va - vb) ** 2))
+    if aggregate == "first_k":
+        a, b = a[:k], b[:k]
+    pairs = [(x @ y) if score == "cosine" else np.sum((x - y) ** 2) for x, y in itertools.product(a, b)]
+    return float(np.mean(pairs))
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "score"),
+    [("mean_embedding", "cosine"), ("mean_pair_cosine", "cosine"), ("first_k", "cosine"), ("mean_pair_cosine", "l2")],
+)
+def test_video_aggregation_known_answers(ytf: tuple[Path, dict], tmp_path: Path, aggregate: str, score: str) -> None:
+    _, vectors = ytf
+    callback = _video(ytf, tmp_path, aggregate=aggregate, k=2, score=score)
+    results = callback.evaluate(HalvesModel())
+    expected = [
+        _brute_force_video_score(vectors[a], vectors[b], aggregate, score)
+        for a, b in zip(callback.pairs.left, callback.pairs.right)
+    ]
+    np.testing.assert_allclose(callback.report["scores"], expected, atol=1e-5)
+    assert results["ytf/aggregate"] == aggregate
+    if aggregate == "first_k":
+        assert results["ytf/k"] == 2 and "ytf/frames_per_video" not in results
+        assert all(not p.endswith(".10.png") for p in callback.paths)  # first two by frame number: 1 and 2
+    else:
+        assert results["ytf/frames_per_video"] == "all" and len(callback.paths) == 8 * 3
+
+
+def test_video_aggregations_differ_and_sampling(ytf: tuple[Path, dict], tmp_path: Path) -> None:
+    scores = {}
+    for aggregate in ("mean_embedding", "mean_pair_cosine"):
+        callback = _video(ytf, tmp_path, aggregate=aggregate)
+        callback.evaluate(HalvesModel())
+        scores[aggregate] = callback.report["scores"]
+    # The mean frame-pair cosine is |mean a| |mean b| times the mean-embedding cosine, with norms <= 1.
+    assert np.all(np.abs(scores["mean_pair_cosine"]) <= np.abs(scores["mean_embedding"]) + 1e-12)
+    assert not np.allclose(scores["mean_pair_cosine"], scores["mean_embedding"])
+    sampled = _video(ytf, tmp_path, frames_per_video=2)
+    assert len(sampled.paths) == 8 * 2 and sum(p.endswith(".10.png") for p in sampled.paths) == 8  # frames 1 and 10
+    assert sampled.evaluate(HalvesModel())["ytf/frames_per_video"] == 2
+    with pytest.raises(ValueError, match="set frames_per_video=null"):
+        _video(ytf, tmp_path, aggregate="first_k", frames_per_video=2)
+    with pytest.raises(ValueError, match="aggregate must be one of"):
+        _video(ytf, tmp_path, aggregate="median")
+
+
+def test_video_mean_subtraction_fits_training_videos(ytf: tuple[Path, dict], tmp_path: Path) -> None:
+    _, vectors = ytf
+    callback = _video(ytf, tmp_path, aggregate="mean_pair_cosine", mean_subtraction=True)
+    results = callback.evaluate(HalvesModel())
+    assert results["ytf/mean_subtraction"] is True
+    train = callback.pairs.folds == 1  # scores of split 1 come from the mean of split 2's videos
+    videos = sorted(set(np.asarray(callback.pairs.left)[train]) | set(np.asarray(callback.pairs.right)[train]))
+    mu = normalize(np.concatenate([vectors[v] for v in videos])).mean(0)
+    for i in np.flatnonzero(~train):
+        a, b = (normalize(normalize(vectors[v]) - mu) for v in (callback.pairs.left[i], callback.pairs.right[i]))
+        assert callback.report["scores"][i] == pytest.approx(np.mean(a @ b.T), abs=1e-5)
+
+
+# --- open set -------------------------------------------------------------------------------------------------------
+def test_open_set_generic_protocol(lfw: Path, tmp_path: Path) -> None:
+    callback = OpenSetIdentification(
+        "openset", root=str(lfw / "lfw"), trials=3, fars=[0.2, 0.01], ver_far=0.01, dirpath=str(tmp_path)
+    )
+    model = HalvesModel()
+    results = callback.evaluate(model)
+    assert model.calls == 1 and callback.embeddings.shape == (18, 6)  # every image once, shared by the 3 trials
+    # Separable identities: every genuine probe is found above any threshold the 9 impostor probes allow.
+    assert results["openset/dir@far=0.2,rank=1"] == 1.0
+    assert results["openset/dir@far=0.2,rank=1_mean_minus_std"] == 1.0
+    assert results["openset/rank1"] == 1.0 and results["openset/vr@far=0.01"] == 1.0
+    assert results["openset/dir@far=0.01,rank=1"] == UNDEFINED  # 9 impostor probes: smallest FAR 1/9
+    assert "below 1/9" in results["openset/dir@far=0.01,rank=1_reason"]
+    assert results["openset/impostor_probes"] == 9.0 and results["openset/gallery"] == 3.0
+    assert results["openset/protocol"] == "generic" and results["openset/seed"] == 0
+    written = callback.write_curves()
+    assert sorted(p.name for p in written) == ["openset_dir_far.csv", "openset_dir_far.png"]
+    assert "val/openset/dir@far=0.01,rank=1" not in callback.scalars()
+
+
+def test_open_set_blufr_lists(lfw: Path, tmp_path: Path) -> None:
+    def write(name: str, trials: list[list[str]]) -> None:
+        lines = [str(len(trials))]
+        for trial in trials:
+            lines += [str(len(trial))] + [f"{i + 1}, {f}" for i, f in enumerate(trial)]
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+
+    files = {name: [f"{name}_{n:04d}.png" for n in range(1, 4)] for name in NAMES}
+    write("gallery_set.txt", [[files[NAMES[0]][0], files[NAMES[1]][0]], [files[NAMES[2]][0], files[NAMES[3]][0]]])
+    write("probe_set.txt", [files[NAMES[0]][1:] + files[NAMES[4]], files[NAMES[2]][1:] + files[NAMES[5]]])
+    callback = OpenSetIdentification(
+        "openset", root=str(lfw / "lfw"), blufr_dir=str(tmp_path), fars=[0.5], ver_far=None
+    )
+    results = callback.evaluate(HalvesModel())
+    assert results["openset/protocol"] == "blufr" and results["openset/trials"] == 2.0
+    assert results["openset/dir@far=0.5,rank=1"] == 1.0 and results["openset/genuine_probes"] == 2.0
+    (tmp_path / "gallery_set.txt").write_text("1\n1\n1, Nobody_Here_0001.png\n")
+    (tmp_path / "probe_set.txt").write_text("1\n1\n1, Nobody_Here_0002.png\n")
+    with pytest.raises(FileNotFoundError, match="BLUFR images are missing"):
+        OpenSetIdentification("openset", root=str(lfw / "lfw"), blufr_dir=str(tmp_path))
+
+
+# --- scripts/plot_roc.py ----------------------------------------------------------------------------------------------
+def _plot_roc_main() -> Callable[[list[str]], int]:
+    spec = importlib.util.spec_from_file_location("plot_roc", ROOT / "scripts" / "plot_roc.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_plot_roc_overlays_runs_and_multirun_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    curve = {"fpr": [0.0, 0.01, 0.1, 1.0], "tpr": [0.0, 0.6, 0.9, 1.0], "threshold": [np.inf, 0.5, 0.3, -0.2]}
+    write_curve_csv(tmp_path / "run_a" / "curves" / "lfw_roc.csv", curve)
+    write_curve_csv(tmp_path / "run_a" / "curves" / "ytf_roc.csv", curve)
+    for job in ("0", "1"):
+        write_curve_csv(tmp_path / "multi" / job / "curves" / "lfw_roc.csv", curve)
+        (tmp_path / "multi" / job / ".hydra").mkdir(parents=True)
+        (tmp_path / "multi" / job / ".hydra" / "overrides.yaml").write_text(f"- loss=head{job}\n- paths.x=1\n")
+    main = _plot_roc_main()
+    out = tmp_path / "fig.png"
+    assert main([str(tmp_path / "run_a"), str(tmp_path / "multi"), "--set", "lfw", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "run_a [lfw]" in printed and "0: loss=head0 [lfw]" in printed and "1: loss=head1 [lfw]" in printed
+    assert "ytf" not in printed
+    assert main([str(tmp_path / "multi" / "0" / ".hydra"), "--out", str(out)]) == 1
