@@ -243,7 +243,11 @@ def ytf(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.nd
 def _video(ytf: tuple[Path, dict], tmp_path: Path, **kwargs: object) -> VideoVerification:
     root, _ = ytf
     return VideoVerification(
-        "ytf", root=str(root / "db"), splits_file=str(root / "splits.txt"), dirpath=str(tmp_path), **kwargs
+        "ytf",
+        root=str(root / "db"),
+        splits_file=str(root / "splits.txt"),
+        dirpath=str(tmp_path),
+        **{"n_splits": 2, **kwargs},
     )
 
 

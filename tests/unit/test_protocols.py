@@ -241,6 +241,15 @@ def test_ytf_malformed_line_is_located(
     _assert_located(excinfo, path, expected_line)
 
 
+def test_ytf_wrong_number_of_splits_names_the_last_line(tmp_path: Path) -> None:
+    lines = _ytf_lines(tmp_path)
+    path = _write(tmp_path, "two_splits.txt", lines)
+    assert read_ytf_splits(path, n_splits=2).folds.max() == 1
+    with pytest.raises(ValueError, match="expected 10 splits, the file ends after split 2") as excinfo:
+        read_ytf_splits(path, n_splits=10)
+    _assert_located(excinfo, path, len(lines))
+
+
 def test_ytf_headerless_copy_is_rejected(tmp_path: Path) -> None:
     path = _write(tmp_path, "noheader.txt", _ytf_lines(tmp_path)[1:])
     with pytest.raises(ValueError, match="header") as excinfo:

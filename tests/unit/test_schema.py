@@ -150,12 +150,14 @@ def test_head_constructors_refuse_what_the_schema_refuses(compose_cfg, option: s
     target = get_object(node.pop("_target_"))
     node.pop("_partial_", None)
     kwargs = {k: v for k, v in node.items() if not isinstance(v, dict)}
-    target(embedding_size=8, num_classes=4, **{k: v for k, v in kwargs.items()})  # defaults are valid
+    target(embedding_size=8, num_classes=4, **kwargs)  # defaults are valid
     for key, constraint in target.config_constraints.items():
         for value in _outside(constraint):
             if isinstance(value, str) or value is None and key in ("embedding_size", "num_classes"):
                 continue  # type errors of the Python API are not range checks
             args = {"embedding_size": 8, "num_classes": 4, **kwargs, key: value}
-            with pytest.raises((ValueError, TypeError)):
+            try:
                 target(**args)
-                pytest.fail(f"{target.__name__}({key}={value!r}) was accepted")
+            except (ValueError, TypeError):
+                continue
+            pytest.fail(f"{target.__name__}({key}={value!r}) was accepted")

@@ -233,7 +233,7 @@ def _looks_like_ytf_row(line: str) -> bool:
     return first.isdigit() and line.count(",") == 4
 
 
-def read_ytf_splits(splits_file: str | os.PathLike[str]) -> PairList:
+def read_ytf_splits(splits_file: str | os.PathLike[str], n_splits: int | None = None) -> PairList:
     """Reads a YouTube Faces ``splits.txt``.
 
     Layout: one header line, then rows ``split, pair, Name/video, Name/video, same`` separated by a comma and
@@ -241,6 +241,7 @@ def read_ytf_splits(splits_file: str | os.PathLike[str]) -> PairList:
 
     Args:
         splits_file: Path of ``splits.txt``.
+        n_splits: Number of splits the file must have (10 for YTF); None accepts any.
 
     Returns:
         The video pairs (paths ``Name/<video>`` relative to ``aligned_images_DB``), folds = split - 1.
@@ -275,6 +276,8 @@ def read_ytf_splits(splits_file: str | os.PathLike[str]) -> PairList:
         right.append(b)
         same.append(is_same)
         folds.append(split - 1)
+    if n_splits is not None and prev_split != n_splits:
+        raise ValueError(f"{path}:{len(lines)}: expected {n_splits} splits, the file ends after split {prev_split}")
     return PairList(left, right, issame=np.array(same, dtype=bool), folds=np.array(folds, dtype=np.int64))
 
 

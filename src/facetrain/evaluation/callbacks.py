@@ -478,6 +478,7 @@ class VideoVerification(VerificationCallback):
         frames_per_video: Evenly spaced frames used per video; None uses all. Not combinable with ``first_k``.
         aggregate: ``mean_embedding``, ``mean_pair_cosine`` or ``first_k``.
         k: Frames per video for ``first_k`` (FaceNet used 100).
+        n_splits: Splits the file must have (10 for YTF); None accepts any number (small fixtures).
     """
 
     def __init__(
@@ -485,6 +486,7 @@ class VideoVerification(VerificationCallback):
         name: str,
         root: str,
         splits_file: str,
+        n_splits: int | None = 10,
         frames_per_video: int | None = None,
         aggregate: str = "mean_embedding",
         k: int = 100,
@@ -506,7 +508,7 @@ class VideoVerification(VerificationCallback):
         self.k = int(k)
         self.frames_per_video = frames_per_video
         self.root = Path(root)
-        self.pairs = read_ytf_splits(splits_file)
+        self.pairs = read_ytf_splits(splits_file, n_splits=n_splits)
         videos, inverse = np.unique(np.asarray(self.pairs.left + self.pairs.right), return_inverse=True)
         first_k = self.k if aggregate == "first_k" else None
         frames = [list_frames(self.root / v, frames_per_video, first_k) for v in videos]
