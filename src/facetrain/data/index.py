@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -71,9 +72,23 @@ class PathTable:
             raise IndexError(f"PathTable index {index} out of range for {len(self)} paths")
         return self.data[self.offsets[i] : self.offsets[i + 1]].tobytes().decode("utf-8")
 
-    def __getitem__(self, index: int) -> str:
+    def __getitem__(self, index: int | np.integer | np.ndarray | slice) -> Any:
+        """``table[i]`` is a path; like NumPy, an integer or boolean array (or a slice) selects a new table."""
+        if isinstance(index, slice):
+            return self.take(np.arange(len(self))[index])
+        if isinstance(index, np.ndarray | list):
+            idx = np.asarray(index)
+            if idx.dtype == bool:
+                if idx.shape != (len(self),):
+                    raise IndexError(f"boolean index of shape {idx.shape} for {len(self)} paths")
+                idx = np.flatnonzero(idx)
+            return self.take(idx)
         rel = self.relative(index)
         return os.path.join(self.root, rel) if self.root else rel
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        """A NumPy string array of the full paths (for small sets: costs 4 bytes per character)."""
+        return np.asarray(list(self), dtype=dtype)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -85,6 +100,9 @@ class PathTable:
     def take(self, indices: np.ndarray) -> PathTable:
         """A new table with the given items, in that order (for label-noise donors, exclusions, subsets)."""
         idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"PathTable index out of range for {len(self)} paths")
+        idx = np.where(idx < 0, idx + len(self), idx)
         starts, ends = self.offsets[idx], self.offsets[idx + 1]
         lengths = ends - starts
         offsets = np.zeros(len(idx) + 1, dtype=np.int64)

@@ -1,0 +1,215 @@
+"""Benchmark the training image loader against raw OpenCV decoding and a torchvision ImageFolder + PIL pipeline.
+
+It writes synthetic 112×112 JPEG faces (``facetrain.data.synthetic``, CASIA-WebFace layout) to a temporary
+directory, then measures in one run, interleaved so machine load affects every method alike:
+
+* ``raw_cv2``: ``cv2.imread`` of every file in this process (decode only: the ceiling for one core);
+* ``ours_float``: ``LabelledImages`` + the default training transform (flip, Normalize, ToTensorV2), float batches,
+  through a DataLoader with ``--workers`` workers (``data.uint8_batches=false``);
+* ``ours_uint8``: ``LabelledImages`` + ``Uint8CHW``, uint8 batches (``data.uint8_batches=true``; flip and
+  normalisation then run on the device: ``gpu_augment`` is timed separately on the best available device);
+* ``torchvision``: ``ImageFolder`` (PIL decode) + RandomHorizontalFlip, ToTensor, Normalize, same DataLoader;
+* ``ours_uint8_inproc``: the uint8 dataset through a DataLoader with no workers (decoding in this process), which
+  separates the cost of our decode path from the DataLoader's worker-to-main transfer (a shared-memory segment per
+  batch).
+
+DataLoaders use persistent workers and one untimed warm-up epoch, so worker start-up is not counted. It also
+times the start-up file check (``data.verify_images=header`` and ``decode``). Reports medians in images/s and
+``ours / (raw × workers)`` (the goal is >= 0.70 per worker), and writes ``bench_results/loader.json``.
+
+Usage::
+
+    python scripts/bench_loader.py            # 4000 images, 5 repeats
+    python scripts/bench_loader.py --quick    # 1000 images, 3 repeats (a smoke check)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import DataLoader, Dataset
+
+from facetrain.data.images import GpuAugment, LabelledImages, Uint8CHW, find_bad_images, scan_identity_folders
+from facetrain.data.synthetic import SyntheticFaces
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "bench_results" / "loader.json"
+PER_ID = 20
+
+
+def make_images(root: Path, count: int) -> Path:
+    """Write about ``count`` synthetic training JPEGs (CASIA layout) under ``root``; returns the training root."""
+    ids = max(1, round(count / PER_ID))
+    SyntheticFaces(
+        root=root, seed=0, num_train_ids=ids, images_per_train_id=PER_ID,
+        num_lfw_ids=20, images_per_lfw_id=2, lfw_pairs_per_fold=1,
+        num_ytf_ids=20, videos_per_ytf_id=2, frames_per_video=1, ytf_pairs_per_split=1,
+        workers=max(1, min(4, os.cpu_count() or 1)),
+    ).ensure()  # fmt: skip
+    return root / "casia"
+
+
+def time_raw(paths: np.ndarray) -> float:
+    started = time.perf_counter()
+    for p in paths:
+        if cv2.imread(str(p), cv2.IMREAD_COLOR) is None:
+            raise OSError(f"cannot decode {p}")
+    return len(paths) / (time.perf_counter() - started)
+
+
+def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=False,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def time_loader(loader: DataLoader) -> float:
+    started = time.perf_counter()
+    n = 0
+    for images, _ in loader:
+        n += images.shape[0]
+    return n / (time.perf_counter() - started)
+
+
+def time_gpu_augment(batch_size: int, repeats: int = 20) -> dict[str, Any]:
+    """Time GpuAugment on one uint8 batch on the best device here (CUDA if present, else CPU)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batch = torch.randint(0, 256, (batch_size, 3, 112, 112), dtype=torch.uint8, device=device)
+    augment = GpuAugment()
+    times = []
+    for _ in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        augment(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    median = statistics.median(times[2:])
+    return {
+        "device": str(device),
+        "batch_size": batch_size,
+        "median_ms": median * 1e3,
+        "img_per_s": batch_size / median,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    cv2.setNumThreads(1)  # one decode thread, like a DataLoader worker
+    with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
+        started = time.perf_counter()
+        train_root = make_images(Path(tmp), args.images)
+        _, paths, labels = scan_identity_folders(train_root)
+        print(f"wrote {len(paths)} synthetic 112x112 JPEGs in {time.perf_counter() - started:.1f} s")
+
+        float_tf = A.Compose([A.HorizontalFlip(p=0.5), A.Normalize(mean=[0.5] * 3, std=[0.5] * 3), ToTensorV2()])
+        from torchvision import datasets
+        from torchvision import transforms as T
+
+        tv_tf = T.Compose([T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize([0.5] * 3, [0.5] * 3)])
+        loaders = {
+            "ours_float": make_loader(LabelledImages(paths, labels, float_tf), args.batch_size, args.workers),
+            "ours_uint8": make_loader(LabelledImages(paths, labels, Uint8CHW()), args.batch_size, args.workers),
+            "torchvision": make_loader(datasets.ImageFolder(str(train_root), tv_tf), args.batch_size, args.workers),
+        }
+        # The same uint8 dataset without worker processes: separates our decode path from DataLoader IPC.
+        loaders["ours_uint8_inproc"] = make_loader(LabelledImages(paths, labels, Uint8CHW()), args.batch_size, 0)
+        methods: dict[str, Callable[[], float]] = {"raw_cv2": lambda: time_raw(paths)}
+        methods.update({name: (lambda loader=loader: time_loader(loader)) for name, loader in loaders.items()})
+        for fn in methods.values():  # warm-up: page cache, worker start-up, first-call costs
+            fn()
+        results: dict[str, list[float]] = {name: [] for name in methods}
+        for r in range(args.repeats):
+            for name, fn in methods.items():
+                results[name].append(fn())
+            print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in results.items()))
+        del loaders
+
+        checks = {}
+        for check in ("header", "decode"):
+            started = time.perf_counter()
+            bad = find_bad_images(paths, check)
+            seconds = time.perf_counter() - started
+            checks[check] = {"img_per_s": len(paths) / seconds, "bad": len(bad), "seconds": seconds}
+
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    raw = medians["raw_cv2"]
+    ratios = {name: medians[name] / (raw * args.workers) for name in ("ours_float", "ours_uint8", "torchvision")}
+    ratios["ours_uint8_inproc"] = medians["ours_uint8_inproc"] / raw  # one process, no workers
+    return {
+        "config": {
+            "images": int(len(paths)), "batch_size": args.batch_size, "workers": args.workers,
+            "repeats": args.repeats, "image_size": 112, "quick": args.quick,
+        },
+        "machine": {
+            "python": sys.version.split()[0], "torch": torch.__version__, "opencv": cv2.__version__,
+            "albumentations": A.__version__, "platform": platform.platform(), "cpus": os.cpu_count(),
+            "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        },
+        "img_per_s": results,
+        "median_img_per_s": medians,
+        "ratio_to_raw_per_worker": ratios,
+        "verify_images": checks,
+        "gpu_augment": time_gpu_augment(args.batch_size),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="1000 images, 3 repeats")
+    parser.add_argument("--images", type=int, default=None, help="number of synthetic images (default 4000)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed epochs per method (default 5)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1, help="DataLoader workers for the loader methods")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    args.images = args.images or (1000 if args.quick else 4000)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    if args.images < args.batch_size or args.workers < 1 or args.repeats < 1:
+        parser.error("need --images >= --batch-size, --workers >= 1 and --repeats >= 1")
+
+    report = run(args)
+    med, ratio = report["median_img_per_s"], report["ratio_to_raw_per_worker"]
+    print(
+        f"\nmedian images/s over {args.repeats} repeats "
+        f"({report['config']['images']} images, {args.workers} worker(s)):"
+    )
+    print(f"  {'method':<12} {'img/s':>9} {'ours/raw per worker':>20}")
+    for name in ("raw_cv2", "ours_float", "ours_uint8", "torchvision", "ours_uint8_inproc"):
+        r = f"{ratio[name]:.2f}" if name in ratio else "-"
+        print(f"  {name:<12} {med[name]:>9.0f} {r:>20}")
+    for check, v in report["verify_images"].items():
+        print(f"  verify_images={check}: {v['img_per_s']:.0f} img/s ({v['bad']} bad)")
+    g = report["gpu_augment"]
+    print(f"  gpu_augment on {g['device']}: {g['median_ms']:.2f} ms per batch of {g['batch_size']}")
+    goal = min(ratio["ours_float"], ratio["ours_uint8"]) >= 0.70
+    print(f"goal ours/raw >= 0.70 per worker: {'met' if goal else 'NOT met'}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

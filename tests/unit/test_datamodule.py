@@ -1,0 +1,333 @@
+"""FaceDataModule: identity exclusion, bad images, label noise, run-dir records, uint8 batches, plug-in datasets."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+
+import albumentations as A
+import cv2
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch.utils.data import Dataset
+
+from facetrain.data.datamodule import FaceDataModule
+from facetrain.data.images import GpuAugment, IndexedDataset, LabelledImages, Uint8CHW, to_tensor
+from facetrain.data.index import PathTable
+from facetrain.utils.instantiate import instantiate
+
+# CASIA-WebFace layout: 7-digit identity folders, 3-digit images; two ids of SphereFace's LFW-overlap list
+IDENTITIES = {"0000045": 4, "0000099": 4, "0000100": 3, "0166921": 3, "1193098": 2}
+
+
+def normalize(p_flip: float = 0.5) -> A.Compose:
+    return A.Compose([A.HorizontalFlip(p=p_flip), A.Normalize(mean=[0.5] * 3, std=[0.5] * 3), ToTensorV2()])
+
+
+EVAL = A.Compose([A.Normalize(mean=[0.5] * 3, std=[0.5] * 3), ToTensorV2()])
+
+
+@pytest.fixture
+def casia(tmp_path: Path) -> Path:
+    root = tmp_path / "CASIA-WebFace"
+    rng = np.random.default_rng(0)
+    for identity, count in IDENTITIES.items():
+        (root / identity).mkdir(parents=True)
+        for i in range(1, count + 1):
+            image = cv2.GaussianBlur(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8), (5, 5), 0)
+            cv2.imwrite(str(root / identity / f"{i:03d}.jpg"), image)
+    (root / "notes.txt").write_text("not an identity folder")
+    return root
+
+
+def make(root: Path, tmp_path: Path, **kwargs) -> FaceDataModule:
+    kwargs.setdefault("output_dir", tmp_path / "run")
+    kwargs.setdefault("train_transform", normalize())
+    kwargs.setdefault("eval_transform", EVAL)
+    return FaceDataModule(str(root), batch_size=2, num_workers=0, **kwargs)
+
+
+def record(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "run" / "data_exclusions.json").read_text())
+
+
+def test_plain_identity_folders_and_record(casia: Path, tmp_path: Path) -> None:
+    dm = make(casia, tmp_path)
+    assert dm.num_classes == 5 and dm.num_images == 16
+    assert dm.classes == sorted(IDENTITIES)
+    rec = record(tmp_path)
+    assert rec["num_classes"] == 5 and rec["exclude_identities"] is None
+    assert rec["bad_images"]["count"] == 0 and rec["label_noise"]["kind"] == "none"
+    assert not (tmp_path / "run" / "label_noise.csv").exists() and not (tmp_path / "run" / "bad_images.txt").exists()
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.float32 and images.shape == (2, 3, 24, 24) and labels.shape == (2,)
+
+
+def test_exclude_sphereface3(casia: Path, tmp_path: Path) -> None:
+    dm = make(casia, tmp_path, exclude_identities="sphereface3")
+    assert dm.num_classes == 3 and dm.num_images == 11
+    assert dm.classes == ["0000045", "0000099", "0000100"]
+    ex = record(tmp_path)["exclude_identities"]
+    assert ex["list"] == "sphereface3" and ex["file"].endswith("sphereface3.txt")
+    assert ex["removed"] == [{"identity": "0166921", "images": 3}, {"identity": "1193098", "images": 2}]
+    assert ex["not_in_data"] == ["1056413"] and ex["images_removed"] == 5
+    dm.setup("fit")
+    assert set(np.unique(dm.train_set.labels)) == {0, 1, 2}
+    assert not any("0166921" in p or "1193098" in p for p in dm.train_set.paths)
+
+
+def test_exclude_user_file(casia: Path, tmp_path: Path) -> None:
+    user = tmp_path / "mine.txt"
+    user.write_text("# overlap found by hand\n0000099  # someone\n9999999\n")
+    dm = make(casia, tmp_path, exclude_identities=str(user))
+    assert dm.num_classes == 4
+    ex = record(tmp_path)["exclude_identities"]
+    assert ex["list"] == str(user) and ex["not_in_data"] == ["9999999"]
+
+
+def test_bad_config_values_fail_at_construction(casia: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="data.exclude_identities='lfw17'"):
+        make(casia, tmp_path, exclude_identities="lfw17")
+    with pytest.raises(ValueError, match=r"data.label_noise.rate must be in \[0, 0.6\], got 0.9"):
+        make(casia, tmp_path, label_noise={"kind": "symmetric", "rate": 0.9, "seed": 0})
+    with pytest.raises(ValueError, match="data.on_bad_image"):
+        make(casia, tmp_path, on_bad_image="ignore")
+    with pytest.raises(ValueError, match="data.verify_images"):
+        make(casia, tmp_path, verify_images="full")
+
+
+def corrupt(root: Path) -> tuple[Path, Path]:
+    data = (root / "0000045" / "001.jpg").read_bytes()
+    truncated = root / "0000045" / "002.jpg"
+    truncated.write_bytes(data[: len(data) // 2])
+    empty = root / "0000100" / "003.jpg"
+    empty.write_bytes(b"")
+    return truncated, empty
+
+
+def test_bad_images_error_names_the_file_before_training(casia: Path, tmp_path: Path) -> None:
+    truncated, _ = corrupt(casia)
+    dm = make(casia, tmp_path)
+    with pytest.raises(OSError, match="2 unreadable training image") as info:
+        dm.num_classes  # noqa: B018 - the first access scans and checks
+    assert str(truncated) in str(info.value) and "data.on_bad_image=skip" in str(info.value)
+
+
+def test_bad_images_skip_counts_lists_and_warns_once(casia: Path, tmp_path: Path, caplog) -> None:
+    truncated, empty = corrupt(casia)
+    (casia / "0000099" / "001.jpg").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="facetrain.data.datamodule"):
+        dm = make(casia, tmp_path, on_bad_image="skip")
+        assert dm.num_images == 13 and dm.num_classes == 5
+        dm.setup("fit")
+    warnings = [r for r in caplog.records if "skipped" in r.message]
+    assert len(warnings) == 1 and "skipped 3 unreadable" in warnings[0].getMessage()
+    lines = (tmp_path / "run" / "bad_images.txt").read_text().splitlines()
+    assert lines[0].startswith("# 3 training images skipped")
+    assert {line.split("\t")[0] for line in lines[1:]} == {str(truncated), str(empty), str(casia / "0000099/001.jpg")}
+    assert all(p not in dm.train_set.paths for p in (str(truncated), str(empty)))
+    assert record(tmp_path)["bad_images"]["count"] == 3
+
+
+def test_skip_that_empties_an_identity_drops_the_class(casia: Path, tmp_path: Path) -> None:
+    for image in (casia / "1193098").iterdir():
+        image.write_bytes(b"")
+    dm = make(casia, tmp_path, on_bad_image="skip")
+    assert dm.num_classes == 4 and "1193098" not in dm.classes
+    assert record(tmp_path)["bad_images"]["identities_emptied"] == ["1193098"]
+
+
+def test_symmetric_noise_through_the_datamodule(casia: Path, tmp_path: Path) -> None:
+    dm = make(casia, tmp_path, label_noise={"kind": "symmetric", "rate": 0.25, "seed": 1})
+    clean = make(casia, tmp_path / "clean")
+    dm.setup("fit")
+    clean.setup("fit")
+    changed = np.flatnonzero(dm.train_set.labels != clean.train_set.labels)
+    assert len(changed) == 4  # round(0.25 * 16)
+    rows = list(csv.DictReader((tmp_path / "run" / "label_noise.csv").read_text().splitlines()))
+    assert [int(r["index"]) for r in rows] == changed.tolist()
+    assert all(r["path"] == clean.train_set.paths[int(r["index"])] for r in rows)
+    assert record(tmp_path)["label_noise"] == {
+        "kind": "symmetric", "rate": 0.25, "seed": 1, "num_corrupted": 4, "file": "label_noise.csv"
+    }  # fmt: skip
+
+
+def test_outlier_noise_swaps_images_not_labels(casia: Path, tmp_path: Path) -> None:
+    dm = make(casia, tmp_path, exclude_identities="sphereface3", label_noise={"kind": "outlier", "rate": 0.3})
+    clean = make(casia, tmp_path / "clean", exclude_identities="sphereface3")
+    dm.setup("fit")
+    clean.setup("fit")
+    assert np.array_equal(dm.train_set.labels, clean.train_set.labels)
+    swapped = np.flatnonzero(np.asarray(dm.train_set.paths) != np.asarray(clean.train_set.paths))
+    assert len(swapped) == 3  # round(0.3 * 11), noise after the exclusion
+    rows = list(csv.DictReader((tmp_path / "run" / "label_noise.csv").read_text().splitlines()))
+    for r in rows:
+        i, donor = int(r["index"]), int(r["donor_index"])
+        assert dm.train_set.paths[i] == clean.train_set.paths[donor] == r["donor_path"]
+        assert int(r["true_label"]) == clean.train_set.labels[donor] != int(r["noisy_label"])
+
+
+def test_records_fall_back_to_the_trainer_root(casia: Path, tmp_path: Path) -> None:
+    dm = make(casia, tmp_path, output_dir=None, label_noise={"kind": "symmetric", "rate": 0.2})
+    assert dm.num_classes == 5
+    assert not (tmp_path / "run").exists()
+    dm.trainer = SimpleNamespace(default_root_dir=str(tmp_path / "trainer_root"), training=True)
+    dm.setup("fit")
+    assert (tmp_path / "trainer_root" / "data_exclusions.json").is_file()
+    assert (tmp_path / "trainer_root" / "label_noise.csv").is_file()
+
+
+def test_uint8_batches_match_the_cpu_pipeline(casia: Path, tmp_path: Path) -> None:
+    ref = make(casia, tmp_path / "ref", train_transform=normalize(p_flip=0.0))
+    fast = make(casia, tmp_path, train_transform=None, uint8_batches=True, gpu_augment={"flip_p": 0.0})
+    ref.setup("fit")
+    fast.setup("fit")
+    assert isinstance(fast.train_set.transform, Uint8CHW)
+    items = [fast.train_set[i] for i in range(4)]
+    batch = torch.stack([image for image, _ in items])
+    assert batch.dtype == torch.uint8
+    out = fast.on_after_batch_transfer([batch, torch.tensor([label for _, label in items])], 0)
+    expected = torch.stack([ref.train_set[i][0] for i in range(4)])
+    torch.testing.assert_close(out[0], expected, atol=1e-5, rtol=0)
+    assert ref.on_after_batch_transfer([expected, out[1]], 0)[0] is expected  # float batches pass through
+
+
+def test_uint8_batches_refuse_to_change_the_augmentation(casia: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"also has \['RandomBrightnessContrast'\]"):
+        make(
+            casia,
+            tmp_path,
+            uint8_batches=True,
+            train_transform=A.Compose([A.RandomBrightnessContrast(), A.Normalize(), ToTensorV2()]),
+        )
+    with pytest.raises(ValueError, match="flip_p=0.2"):
+        make(casia, tmp_path, uint8_batches=True, gpu_augment=GpuAugment(flip_p=0.2))
+    with pytest.raises(ValueError, match="normalised alike"):
+        make(casia, tmp_path, uint8_batches=True, gpu_augment={"mean": [0.4] * 3}, train_transform=None)
+
+
+class TinyModule(pl.LightningModule):
+    """Records what training_step receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(3 * 24 * 24, 5)
+        self.seen: list[torch.dtype] = []
+
+    def training_step(self, batch, batch_idx):
+        images, labels = batch
+        self.seen.append(images.dtype)
+        return torch.nn.functional.cross_entropy(self.layer(images.flatten(1)), labels)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_lightning_applies_the_datamodule_hook(casia: Path, tmp_path: Path) -> None:
+    dm = make(casia, tmp_path, uint8_batches=True)
+    model = TinyModule()
+    trainer = pl.Trainer(
+        max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=str(tmp_path),
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert model.seen == [torch.float32, torch.float32]
+
+
+class FakePack(Dataset):
+    """A stand-in for RecordIOFaces: labels, num_classes, optional classes, images via to_tensor."""
+
+    def __init__(self, transform=None, names: bool = True) -> None:
+        self.transform = transform
+        self.labels = np.repeat(np.arange(4), 5)
+        self.num_classes = 4
+        if names:
+            self.classes = ["0000045", "0166921", "0000099", "1056413"]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = np.full((8, 8, 3), index, np.uint8)
+        return to_tensor(self.transform, image), int(self.labels[index])
+
+
+def test_plugin_dataset_with_exclusion_and_noise(tmp_path: Path) -> None:
+    dm = FaceDataModule(
+        str(tmp_path / "pack"), batch_size=2, num_workers=0, dataset=FakePack, output_dir=tmp_path / "run",
+        exclude_identities="sphereface3", label_noise={"kind": "outlier", "rate": 0.2, "seed": 0},
+        uint8_batches=True, train_transform=None,
+    )  # fmt: skip
+    assert dm.num_classes == 2 and dm.num_images == 10
+    dm.setup("fit")
+    assert isinstance(dm.train_set, IndexedDataset)
+    image, label = dm.train_set[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 8, 8)
+    kept = {int(dm.train_set[i][0][0, 0, 0]) for i in range(10)}
+    assert kept.isdisjoint(range(5, 10)) and kept.isdisjoint(range(15, 20))  # excluded ids never shown
+    rows = (tmp_path / "run" / "label_noise.csv").read_text().splitlines()
+    assert rows[0] == "index,true_label,noisy_label,donor_index" and len(rows) == 3
+    assert record(tmp_path)["source"]["kind"] == "FakePack"
+
+
+def test_plugin_dataset_untouched_and_without_names(tmp_path: Path) -> None:
+    dm = FaceDataModule(str(tmp_path), batch_size=2, num_workers=0, dataset=FakePack, output_dir=tmp_path / "run")
+    dm.setup("fit")
+    assert isinstance(dm.train_set, FakePack) and dm.num_classes == 4
+    unnamed = FaceDataModule(
+        str(tmp_path), batch_size=2, num_workers=0, dataset=lambda transform: FakePack(transform, names=False),
+        exclude_identities="lfw16",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="needs identity names"):
+        unnamed.num_classes  # noqa: B018
+    with pytest.raises(ValueError, match="on_bad_image=skip applies to image-file datasets"):
+        FaceDataModule(str(tmp_path), dataset=FakePack, on_bad_image="skip")
+
+
+def test_configs_compose_and_build(compose_cfg, casia: Path) -> None:
+    cfg = compose_cfg("data=casia_webface", f"data.train_root={casia}", "data.num_workers=0")
+    dm = instantiate(cfg.data)
+    assert dm.exclusion_list.spec == "sphereface3" and dm.num_classes == 3
+    assert Path(cfg.data.output_dir) == Path(cfg.paths.output_dir)
+    assert (Path(cfg.paths.output_dir) / "data_exclusions.json").is_file()
+    fast = instantiate(compose_cfg("data.uint8_batches=true").data)  # default transforms agree with gpu_augment
+    assert isinstance(fast.gpu_augment, GpuAugment) and fast.gpu_augment.flip_p == 0.5
+    noisy = compose_cfg("data.label_noise.kind=symmetric", "data.label_noise.rate=0.2")
+    assert instantiate(noisy.data).label_noise.rate == 0.2
+    rec = compose_cfg("data=insightface_rec", "data.train_root=/data/faces_webface_112x112")
+    assert rec.data.dataset._target_ == "facetrain.data.recordio.RecordIOFaces"
+    assert rec.data.dataset.root_or_prefix == "/data/faces_webface_112x112"
+
+
+def test_labelled_images_keeps_numpy_arrays(casia: Path, tmp_path: Path) -> None:
+    dm = make(casia, tmp_path)
+    dm.setup("fit")
+    assert isinstance(dm.train_set, LabelledImages)
+    # No Python list of str: a PathTable (two NumPy arrays) and an int64 label array.
+    assert isinstance(dm.train_set.paths, PathTable) and isinstance(dm.train_set.labels, np.ndarray)
+    assert dm.train_set.paths.data.dtype == np.uint8 and dm.train_set.labels.dtype == np.int64
+
+
+def test_insightface_rec_config_through_the_seam(compose_cfg, casia: Path, tmp_path: Path) -> None:
+    from facetrain.data.convert import folders_to_recordio
+
+    pack = tmp_path / "faces_pack"
+    pack.mkdir()
+    folders_to_recordio(casia, pack, show_progress=False)
+    overrides = ["data=insightface_rec", f"data.train_root={pack}", "data.num_workers=0", "data.batch_size=4"]
+    dm = instantiate(compose_cfg(*overrides, "data.uint8_batches=true").data)
+    assert dm.num_classes == 5 and dm.num_images == 16
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 24, 24)
+    noisy = instantiate(compose_cfg(*overrides, "data.label_noise.kind=symmetric", "data.label_noise.rate=0.5").data)
+    noisy.setup("fit")
+    assert isinstance(noisy.train_set, IndexedDataset) and noisy.noise_record is not None
+    assert len(noisy.noise_record) == 8
