@@ -65,7 +65,8 @@ def _task_overrides() -> list[str] | None:
     try:
         from hydra.core.hydra_config import HydraConfig
 
-        return list(HydraConfig.get().overrides.task)
+        # Unresolved, as written on the command line and in .hydra/overrides.yaml (an override may hold ${...}).
+        return [str(o) for o in OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)]
     except ValueError:  # HydraConfig was not set
         return None
 
