@@ -46,3 +46,12 @@ clean: ## Remove caches
 
 clean-logs: ## Remove run directories under logs/
 	rm -rf logs/*
+
+.PHONY: table-synthetic
+table-synthetic: ## Example paper tables on synthetic faces (~10 min on 2 CPU cores) -> docs/tables/
+	rm -rf logs/paper/camsoftmax_heads_synthetic logs/paper/camsoftmax_label_noise_synthetic
+	$(PYTHON) train.py paper=camsoftmax_heads_synthetic hydra.sweep.dir=logs/paper/camsoftmax_heads_synthetic
+	$(PYTHON) train.py paper=camsoftmax_label_noise_synthetic \
+		hydra.sweep.dir=logs/paper/camsoftmax_label_noise_synthetic
+	$(PYTHON) scripts/make_table.py logs/paper/camsoftmax_heads_synthetic --out docs/tables
+	$(PYTHON) scripts/make_table.py logs/paper/camsoftmax_label_noise_synthetic --out docs/tables

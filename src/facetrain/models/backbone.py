@@ -8,11 +8,14 @@ kept (global pooling throws it away and costs accuracy on aligned faces).
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from typing import Any
 
 import timm
 import torch
 from torch import nn
+
+import facetrain.models.face_backbones  # noqa: F401  (registers iresnet*, sphereface20, mobilefacenet in timm)
 
 
 def _unknown_model_error(model_name: str) -> ValueError:
@@ -25,8 +28,16 @@ def _unknown_model_error(model_name: str) -> ValueError:
     )
 
 
-def create_trunk(model_name: str, pretrained: bool, input_size: int, **timm_kwargs: Any) -> nn.Module:
-    """Build a timm model that returns its unpooled final features for ``input_size`` square inputs.
+def input_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
+    """``(height, width)`` of a crop given as one side (112) or ``[height, width]`` (``[112, 96]``)."""
+    if isinstance(input_size, int):
+        return input_size, input_size
+    height, width = (int(v) for v in input_size)
+    return height, width
+
+
+def create_trunk(model_name: str, pretrained: bool, input_size: int | Sequence[int], **timm_kwargs: Any) -> nn.Module:
+    """Build a timm model that returns its unpooled final features for ``input_size`` inputs.
 
     Transformers fixed to 224 px (ViT, DeiT, ...) are rebuilt with ``img_size=input_size``; convolutional models
     take any size. timm drops keyword arguments whose value is None, so unset config keys keep timm's defaults.
@@ -42,20 +53,21 @@ def create_trunk(model_name: str, pretrained: bool, input_size: int, **timm_kwar
         _probe(model, input_size)
     except (RuntimeError, AssertionError, ValueError) as first_error:
         try:
-            model = timm.create_model(model_name, img_size=input_size, **kwargs)
+            model = timm.create_model(model_name, img_size=input_hw(input_size), **kwargs)
             _probe(model, input_size)
         except Exception as error:  # noqa: BLE001 - re-raised with the context a user needs
             raise ValueError(
-                f"timm model {model_name!r} cannot run on {input_size}x{input_size} faces: {first_error}"
+                f"timm model {model_name!r} cannot run on {'x'.join(map(str, input_hw(input_size)))} faces: "
+                f"{first_error}"
             ) from error
     return model
 
 
 @torch.no_grad()
-def _probe(model: nn.Module, input_size: int) -> torch.Tensor:
+def _probe(model: nn.Module, input_size: int | Sequence[int]) -> torch.Tensor:
     was_training = model.training
     model.eval()  # BatchNorm in train mode refuses a batch of one
-    out = model(torch.zeros(1, 3, input_size, input_size))
+    out = model(torch.zeros(1, 3, *input_hw(input_size)))
     model.train(was_training)
     return out
 
@@ -68,7 +80,8 @@ class FaceBackbone(nn.Module):
         embedding_size: Width of the face embedding (512 in ArcFace/InsightFace).
         pretrained: Load timm's pretrained weights (needs network access; off by default).
         dropout: Dropout before the FC layer of the neck (ArcFace uses 0 on large data, 0.4 on CASIA).
-        input_size: Side of the square aligned face crop, 112 by convention.
+        input_size: Side of the square aligned face crop (112 by convention), or ``[height, width]`` (``[112, 96]``
+            for SphereFace-style crops).
         **timm_kwargs: Forwarded to ``timm.create_model`` (e.g. ``drop_path_rate``, ``output_stride``).
     """
 
@@ -78,7 +91,7 @@ class FaceBackbone(nn.Module):
         embedding_size: int = 512,
         pretrained: bool = False,
         dropout: float = 0.0,
-        input_size: int = 112,
+        input_size: int | Sequence[int] = 112,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()

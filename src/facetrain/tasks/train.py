@@ -109,4 +109,8 @@ def get_metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
         return None
     if name not in metrics:
         raise KeyError(f"optimized_metric={name!r} is not among the run's metrics: {sorted(metrics)}")
-    return float(metrics[name])
+    value = metrics[name]
+    if isinstance(value, bool) or not isinstance(value, int | float):  # "undefined" (with a reason) is not a score
+        reason = metrics.get(f"{name}_reason", "no reason recorded")
+        raise ValueError(f"optimized_metric={name!r} is {value!r} for this run ({reason}); a sweeper needs a number")
+    return float(value)
