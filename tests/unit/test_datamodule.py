@@ -15,11 +15,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from albumentations.pytorch import ToTensorV2
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from facetrain.data.datamodule import FaceDataModule
 from facetrain.data.images import GpuAugment, IndexedDataset, LabelledImages, Uint8CHW, to_tensor
 from facetrain.data.index import PathTable
+from facetrain.data.sampler import EpochSeeded, ResumableSampler
 from facetrain.utils.instantiate import instantiate
 
 # CASIA-WebFace layout: 7-digit identity folders, 3-digit images; two ids of SphereFace's LFW-overlap list
@@ -331,3 +332,32 @@ def test_insightface_rec_config_through_the_seam(compose_cfg, casia: Path, tmp_p
     noisy.setup("fit")
     assert isinstance(noisy.train_set, IndexedDataset) and noisy.noise_record is not None
     assert len(noisy.noise_record) == 8
+
+
+class PerSampleImages(LabelledImages):
+    """LabelledImages without the batched fetch: the DataLoader calls ``__getitem__`` per sample."""
+
+    __getitems__ = None
+
+
+def test_uint8_train_loader_fetches_whole_batches_like_the_per_sample_path(casia: Path, tmp_path: Path) -> None:
+    dm = FaceDataModule(
+        str(casia), batch_size=4, num_workers=2, output_dir=tmp_path / "run", train_transform=None,
+        eval_transform=EVAL, uint8_batches=True, seed=3,
+    )  # fmt: skip
+    dm.setup("fit")
+    assert dm.train_set.fetches_batches
+    ts = dm.train_set
+    reference = DataLoader(
+        EpochSeeded(PerSampleImages(ts.paths, ts.labels, ts.transform), 3),
+        sampler=ResumableSampler(len(ts), seed=3),
+        batch_size=4,
+        drop_last=True,
+        num_workers=2,
+        collate_fn=default_collate,
+    )
+    fast, slow = list(dm.train_dataloader()), list(reference)
+    assert len(fast) == len(slow) == len(ts) // 4
+    for (images, labels), (ref_images, ref_labels) in zip(fast, slow, strict=True):
+        assert images.dtype == torch.uint8 and images.shape == (4, 3, 24, 24) and labels.dtype == torch.int64
+        assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)

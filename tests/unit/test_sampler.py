@@ -134,3 +134,42 @@ def test_own_generator_keeps_global_rng_untouched() -> None:
     torch.manual_seed(0)
     _indices(_loader(generator=torch.Generator().manual_seed(0)))
     assert torch.equal(torch.rand(1), expected)
+
+
+class Batched(Indexed):
+    """Records how it was asked: a whole batch through ``__getitems__`` or sample by sample."""
+
+    def __init__(self, n: int, transform: A.Compose | None = None) -> None:
+        super().__init__(n, transform)
+        self.calls: list[list[int]] = []
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[int, float]]:
+        self.calls.append(list(indices))
+        return [self[i] for i in indices]
+
+
+def test_batches_go_to_getitems_unless_the_transform_is_seeded() -> None:
+    plain = EpochSeeded(Batched(10), seed=7)
+    assert plain.__getitems__([(0, 3), (0, 1), (1, 3)]) == [(3, 0.0), (1, 0.0), (3, 0.0)]
+    assert plain.dataset.calls == [[3, 1, 3]]
+    transform = A.Compose([A.GaussNoise(std_range=(0.2, 0.4), p=1.0)])
+    seeded = EpochSeeded(Batched(10, transform), seed=7)
+    got = seeded.__getitems__([(0, 3), (1, 3)])
+    assert seeded.dataset.calls == []  # per key, each sample seeded from (seed, epoch, index)
+    assert got == [seeded[(0, 3)], seeded[(1, 3)]] and got[0] != got[1]
+    no_batches = EpochSeeded(Indexed(10), seed=7)
+    assert no_batches.__getitems__([(0, 2), (0, 5)]) == [(2, 0.0), (5, 0.0)]
+
+
+def test_uint8_transform_with_a_random_cpu_step_is_seeded_per_sample() -> None:
+    from facetrain.data.images import Uint8CHW
+
+    assert not hasattr(Uint8CHW(), "set_random_seed")  # nothing random on the CPU: the batched fetch is kept
+    crop = A.Compose([A.RandomCrop(2, 2, p=1.0)])
+    transform = Uint8CHW(pre=crop)
+    assert hasattr(transform, "set_random_seed")
+    image = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3)
+    transform.set_random_seed(3)
+    first = transform(image=image)["image"]
+    transform.set_random_seed(3)
+    assert torch.equal(transform(image=image)["image"], first)

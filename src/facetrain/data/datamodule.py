@@ -36,6 +36,7 @@ from facetrain.data.images import (
     LabelledImages,
     Transform,
     Uint8CHW,
+    collate_batch,
     find_bad_images,
     find_normalize,
     scan_identity_folders,
@@ -488,6 +489,8 @@ class FaceDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
+            # With uint8_batches, LabelledImages.__getitems__ returns batches already collated; this passes them on.
+            collate_fn=collate_batch,
             # Its own generator: creating the iterator (e.g. on resume) then draws nothing from the global RNG.
             generator=torch.Generator().manual_seed(self.seed),
         )

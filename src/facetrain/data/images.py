@@ -19,7 +19,8 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
 
 from facetrain.data.index import PathTable
 
@@ -270,6 +271,15 @@ class Uint8CHW:
     def __init__(self, pre: Transform | None = None) -> None:
         self.pre = pre
 
+    def __getattr__(self, name: str) -> Any:
+        # ``set_random_seed`` exists only when the CPU pipeline is random, so EpochSeeded seeds it per sample (exact
+        # resume) and otherwise keeps the batched fetch (flip + normalise happen on the device, seeded there).
+        if name == "set_random_seed":
+            pre = self.__dict__.get("pre")
+            if pre is not None and hasattr(pre, "set_random_seed"):
+                return pre.set_random_seed
+        raise AttributeError(name)
+
     def __call__(self, image: np.ndarray, **_: Any) -> dict[str, torch.Tensor]:
         if self.pre is not None:
             image = self.pre(image=image)["image"]
@@ -420,6 +430,57 @@ def find_normalize(transform: Any) -> tuple[tuple[float, ...], tuple[float, ...]
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _empty_batch(count: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised ``count×3×height×width`` uint8 images and ``count`` int64 labels, both views of one storage.
+
+    In a DataLoader worker the storage is shared memory (as ``default_collate`` allocates its output), so sending
+    the batch to the main process copies nothing; one segment for both tensors instead of two saves a shared-memory
+    creation per batch, which costs about as much as decoding several images.
+    """
+    image_bytes = count * 3 * height * width
+    offset = -(-image_bytes // 8) * 8  # int64 labels start 8-byte aligned
+    nbytes = offset + 8 * count
+    if get_worker_info() is None:
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+    else:
+        buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
+    images = buffer[:image_bytes].view(count, 3, height, width)
+    return images, buffer[offset:].view(torch.int64)
+
+
+class CollatedBatch(Sequence):
+    """A batch :meth:`LabelledImages.__getitems__` built already collated: ``B×3×H×W`` uint8 images, int64 labels.
+
+    :func:`collate_batch` returns it as ``[images, labels]`` (what ``default_collate`` makes of ``(image, label)``
+    samples) without touching the data. It also reads as the sequence of ``(image, int label)`` samples, so a
+    DataLoader with the default ``collate_fn`` still gets the same (re-stacked) batch, only slower.
+    """
+
+    __slots__ = ("images", "labels")
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self.images[i], int(self.labels[i])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
+        return (self[i] for i in range(len(self)))
+
+
+def collate_batch(batch: Any) -> Any:
+    """DataLoader ``collate_fn``: a :class:`CollatedBatch` as ``[images, labels]``, else ``default_collate``."""
+    if isinstance(batch, CollatedBatch):
+        return [batch.images, batch.labels]
+    return default_collate(batch)
+
+
 class LabelledImages(Dataset):
     """``(image, label)`` pairs from parallel arrays of paths and integer labels.
 
@@ -458,27 +519,72 @@ class LabelledImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, source = self._load(index)
+        return to_tensor(self.transform, image), int(self.labels[source])
+
+    @property
+    def fetches_batches(self) -> bool:
+        """Whether :meth:`__getitems__` builds whole uint8 batches (plain :class:`Uint8CHW`, no CPU pipeline)."""
+        return type(self.transform) is Uint8CHW and self.transform.pre is None
+
+    def __getitems__(self, indices: Sequence[int]) -> CollatedBatch | list[tuple[torch.Tensor, int]]:
+        """A whole batch at once: what the DataLoader's fetcher calls instead of ``__getitem__`` per sample.
+
+        With a plain :class:`Uint8CHW` transform it decodes every image straight into one preallocated uint8
+        ``B×3×H×W`` array (shared memory in a worker, as ``default_collate`` allocates it) and returns a
+        :class:`CollatedBatch`, so no per-sample tensors and no stacking copy; :func:`collate_batch` passes it on.
+        The images and labels are identical to ``default_collate([self[i] for i in indices])``, and bad files are
+        handled the same way (``on_bad_image``). Any other transform returns ``[self[i] for i in indices]``,
+        what the fetcher does without this method.
+
+        Raises:
+            ValueError: An image has a different size than the batch's first; the message names both files.
+        """
+        if not self.fetches_batches:
+            return [self[i] for i in indices]
+        out: np.ndarray | None = None
+        sources = np.empty(len(indices), dtype=np.int64)
+        first = ""
+        for slot, index in enumerate(indices):
+            image, source = self._load(int(index))
+            if out is None:
+                height, width = image.shape[:2]
+                images, labels = _empty_batch(len(indices), height, width)
+                out = images.numpy()
+                first = str(self.paths[source])
+            elif image.shape != (height, width, 3):
+                raise ValueError(
+                    f"training image {str(self.paths[source])!r} is {image.shape[1]}x{image.shape[0]} but "
+                    f"{first!r}, the first of its batch, is {width}x{height}: uint8 batches need images of one size "
+                    "(resize the data, or resize in data.uint8_transform)"
+                )
+            cv2.split(image, list(out[slot]))  # HWC -> the batch's CHW planes, no intermediate array
+            sources[slot] = source
+        if out is None:  # no indices
+            return []
+        labels.numpy()[:] = np.asarray(self.labels)[sources]
+        return CollatedBatch(images, labels)
+
+    def _load(self, index: int) -> tuple[np.ndarray, int]:
+        """Decoded RGB image for sample ``index`` and the index it really came from (another one when skipped)."""
         try:
-            image = read_rgb(self.paths[index])
+            return read_rgb(self.paths[index]), index
         except OSError as error:
             if self.on_bad_image == "error":
                 raise OSError(
                     f"{error} (training sample {index}; data.on_bad_image=skip skips and records it)"
                 ) from error
             return self._substitute(index, error)
-        return to_tensor(self.transform, image), int(self.labels[index])
 
-    def _substitute(self, index: int, error: OSError) -> tuple[torch.Tensor, int]:
+    def _substitute(self, index: int, error: OSError) -> tuple[np.ndarray, int]:
         # The next readable sample keeps the batch full; a bounded search so a folder of garbage fails loudly.
         self._report(str(self.paths[index]), error)
         for step in range(1, 17):
             other = (index + step) % len(self.paths)
             try:
-                image = read_rgb(self.paths[other])
+                return read_rgb(self.paths[other]), other
             except OSError as other_error:
                 self._report(str(self.paths[other]), other_error)
-                continue
-            return to_tensor(self.transform, image), int(self.labels[other])
         raise OSError(f"16 consecutive unreadable training images after sample {index}; last: {error}")
 
     def _report(self, path: str, error: OSError) -> None:

@@ -130,6 +130,14 @@ class EpochSeeded(Dataset):
             transform.set_random_seed(sample_seed(self.seed, epoch, index))
         return self.dataset[index]
 
+    def __getitems__(self, keys: list[tuple[int, int]]) -> Any:
+        """A batch of keys: forwarded whole to the wrapped dataset's ``__getitems__`` when its transform has no
+        per-sample seed (``Uint8CHW``: the random augmentation runs on the device), else key by key as above."""
+        getitems = getattr(self.dataset, "__getitems__", None)
+        if getitems is not None and not hasattr(getattr(self.dataset, "transform", None), "set_random_seed"):
+            return getitems([index for _, index in keys])
+        return [self[key] for key in keys]
+
     def __getattr__(self, name: str) -> Any:  # labels, num_classes, ... of the wrapped dataset
         if name == "dataset":  # not yet set (unpickling): avoid infinite recursion
             raise AttributeError(name)
