@@ -48,7 +48,7 @@ clean-logs: ## Remove run directories under logs/
 	rm -rf logs/*
 
 .PHONY: table-synthetic
-table-synthetic: ## Example paper tables on synthetic faces (~10 min on 2 CPU cores) -> docs/tables/
+table-synthetic: ## Example paper tables on synthetic faces (~12 min on 2 CPU cores) -> docs/tables/
 	rm -rf logs/paper/camsoftmax_heads_synthetic logs/paper/camsoftmax_label_noise_synthetic
 	$(PYTHON) train.py paper=camsoftmax_heads_synthetic hydra.sweep.dir=logs/paper/camsoftmax_heads_synthetic
 	$(PYTHON) train.py paper=camsoftmax_label_noise_synthetic \
