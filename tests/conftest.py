@@ -46,16 +46,23 @@ def compose_cfg_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Com
     GlobalHydra.instance().clear()
 
 
-def run_train(
-    *args: str, cwd: Path = ROOT, timeout: float = 600, env: dict[str, str] | None = None
+def run_script(
+    script: str, *args: str, cwd: Path = ROOT, timeout: float = 600, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
-    """Run ``python train.py <args>`` and return the finished process (output captured as text)."""
+    """Run ``python <script> <args>`` from the repository root and return the finished process (output as text)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
     return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
+        [sys.executable, str(ROOT / script), *args],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_train(
+    *args: str, cwd: Path = ROOT, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``python train.py <args>`` and return the finished process (output captured as text)."""
+    return run_script("train.py", *args, cwd=cwd, timeout=timeout, env=env)

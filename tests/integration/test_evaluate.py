@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,22 +12,14 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from facetrain.tasks.evaluate import evaluate
-from tests.conftest import CONFIGS, ROOT, run_train
+from tests.conftest import CONFIGS, ROOT, run_script, run_train
 
 pytestmark = pytest.mark.slow
 
 
 def run_evaluate(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python evaluate.py <args>`` and return the finished process (output captured as text)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "evaluate.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_script("evaluate.py", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -48,6 +48,18 @@ __all__ = ["AdaptiveC", "AdaptiveCPolicy", "CPolicy", "CamSoftmaxHead", "FixedC"
 HALF_PI = math.pi / 2
 
 
+#: Valid angles c: (0, π/2] (π/2 is plain normalised softmax).
+C_RANGE = Interval(0.0, HALF_PI, low_open=True)
+
+
+def _floor_above_start(values: dict[str, object], floor_key: str, floor_default: float) -> str | None:
+    """Config-time check of a schedule's floor (``stop``, ``c_min``) against its ``start``: c only decreases."""
+    start, floor = values.get("start", HALF_PI), values.get(floor_key, floor_default)
+    if isinstance(start, float | int) and isinstance(floor, float | int) and floor > start:
+        return f"{floor_key}={floor!r} must be <= start={start!r} (c only decreases)"
+    return None
+
+
 def _check_c(name: str, value: float) -> None:
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 < value <= HALF_PI:
         raise ValueError(f"{name} must be in (0, pi/2] (pi/2 = {HALF_PI!r}), got {value!r}")
@@ -75,7 +87,7 @@ class FixedC:
     """
 
     #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
-    config_constraints: ClassVar[dict[str, Constraint]] = {"c": Interval(0.0, HALF_PI, low_open=True)}
+    config_constraints: ClassVar[dict[str, Constraint]] = {"c": C_RANGE}
 
     c: float = HALF_PI
 
@@ -104,18 +116,15 @@ class LinearC:
 
     #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
-        "start": Interval(0.0, HALF_PI, low_open=True),
-        "stop": Interval(0.0, HALF_PI, low_open=True),
+        "start": C_RANGE,
+        "stop": C_RANGE,
         "decay": NON_NEGATIVE,
     }
 
     @classmethod
     def check_config(cls, values: dict[str, object]) -> str | None:
         """Relation between keys, checked before the data is read: stop <= start."""
-        start, stop = values.get("start", HALF_PI), values.get("stop", math.pi / 4)
-        if isinstance(start, float | int) and isinstance(stop, float | int) and stop > start:
-            return f"stop={stop!r} must be <= start={start!r} (c only decreases)"
-        return None
+        return _floor_above_start(values, "stop", math.pi / 4)
 
     start: float = HALF_PI
     stop: float = math.pi / 4
@@ -174,8 +183,8 @@ class AdaptiveC:
 
     #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
-        "start": Interval(0.0, HALF_PI, low_open=True),
-        "c_min": Interval(0.0, HALF_PI, low_open=True),
+        "start": C_RANGE,
+        "c_min": C_RANGE,
         "momentum": Interval(0.0, 1.0, low_open=True),
         "max_step": NON_NEGATIVE,
     }
@@ -183,10 +192,7 @@ class AdaptiveC:
     @classmethod
     def check_config(cls, values: dict[str, object]) -> str | None:
         """Relation between keys, checked before the data is read: c_min <= start."""
-        start, c_min = values.get("start", HALF_PI), values.get("c_min", math.pi / 4)
-        if isinstance(start, float | int) and isinstance(c_min, float | int) and c_min > start:
-            return f"c_min={c_min!r} must be <= start={start!r} (c only decreases)"
-        return None
+        return _floor_above_start(values, "c_min", math.pi / 4)
 
     start: float = HALF_PI
     c_min: float = math.pi / 4
