@@ -9,7 +9,10 @@ directory, then measures in one run, interleaved so machine load affects every m
 * ``ours_uint8``: ``LabelledImages`` + ``Uint8CHW``, uint8 batches (``data.uint8_batches=true``; flip and
   normalisation then run on the device: ``gpu_augment`` is timed separately on the best available device). The
   fetcher calls ``LabelledImages.__getitems__``, which decodes a whole batch into one array, and ``collate_batch``
-  passes it on, as in ``FaceDataModule.train_dataloader``;
+  passes it on, as in ``FaceDataModule.train_dataloader``. The array is one of the worker's reused shared-memory
+  buffers (``data.worker_buffers``, default 4);
+* ``ours_uint8_new_segments``: the same with ``data.worker_buffers=0``: a new shared-memory segment per batch, as
+  ``default_collate`` allocates (what ``ours_uint8`` did before the buffers were reused);
 * ``ours_uint8_per_sample``: the same, fetched sample by sample (``__getitem__`` + ``default_collate``): what
   ``ours_uint8`` did before the batched fetch;
 * ``torchvision``: ``ImageFolder`` (PIL decode) + RandomHorizontalFlip, ToTensor, Normalize, same DataLoader;
@@ -61,7 +64,15 @@ from facetrain.data.synthetic import SyntheticFaces
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench_results" / "loader.json"
 PER_ID = 20
-METHODS = ("raw_cv2", "ours_float", "ours_uint8", "ours_uint8_per_sample", "torchvision", "ours_uint8_inproc")
+METHODS = (
+    "raw_cv2",
+    "ours_float",
+    "ours_uint8",
+    "ours_uint8_new_segments",
+    "ours_uint8_per_sample",
+    "torchvision",
+    "ours_uint8_inproc",
+)
 
 
 class PerSampleImages(LabelledImages):
@@ -111,6 +122,22 @@ def time_loader(loader: DataLoader) -> float:
     return n / (time.perf_counter() - started)
 
 
+def count_segments(loader: DataLoader) -> tuple[int, int]:
+    """Batches of one epoch and the distinct shared-memory segments they arrived in (untimed; fd strategy only).
+
+    A batch in a reused worker buffer lies in the main process's lasting mapping of it (its address identifies it);
+    any other arrives in a shared segment of its own (its inode identifies it).
+    """
+    segments: set[object] = set()
+    batches = 0
+    for images, _ in loader:
+        batches += 1
+        storage = images.untyped_storage()
+        shared = storage.is_shared()
+        segments.add(os.fstat(storage._share_fd_cpu_()[0]).st_ino if shared else images.data_ptr())
+    return batches, len(segments)
+
+
 def time_gpu_augment(batch_size: int, repeats: int = 20) -> dict[str, Any]:
     """Time GpuAugment on one uint8 batch on the best device here (CUDA if present, else CPU)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -150,6 +177,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         loaders = {
             "ours_float": make_loader(LabelledImages(paths, labels, float_tf), args.batch_size, args.workers),
             "ours_uint8": make_loader(LabelledImages(paths, labels, Uint8CHW()), args.batch_size, args.workers),
+            "ours_uint8_new_segments": make_loader(
+                LabelledImages(paths, labels, Uint8CHW(), worker_buffers=0), args.batch_size, args.workers
+            ),
             "ours_uint8_per_sample": make_loader(
                 PerSampleImages(paths, labels, Uint8CHW()), args.batch_size, args.workers
             ),
@@ -166,6 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name, fn in methods.items():
                 results[name].append(fn())
             print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in results.items()))
+        segments = {name: count_segments(loaders[name]) for name in ("ours_uint8", "ours_uint8_new_segments")}
         del loaders
 
         checks = {}
@@ -193,6 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "median_img_per_s": medians,
         "ratio_to_raw_per_worker": ratios,
         "verify_images": checks,
+        "batches_and_segments": segments,
         "gpu_augment": time_gpu_augment(args.batch_size),
     }  # fmt: skip
 
@@ -221,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in METHODS:
         r = f"{ratio[name]:.2f}" if name in ratio else "-"
         print(f"  {name:<22} {med[name]:>9.0f} {r:>20}")
+    for name, (batches, segments) in report["batches_and_segments"].items():
+        print(f"  {name}: {batches} batches arrived in {segments} distinct shared-memory segments")
     for check, v in report["verify_images"].items():
         print(f"  verify_images={check}: {v['img_per_s']:.0f} img/s ({v['bad']} bad)")
     g = report["gpu_augment"]

@@ -44,6 +44,7 @@ from facetrain.data.images import (
 from facetrain.data.noise import LabelNoiseConfig, NoiseRecord, apply_label_noise, write_noise_csv
 from facetrain.data.overlap import IdentityList, drop_empty_classes, exclude_identities, load_identity_list
 from facetrain.data.sampler import EpochSeeded, ResumableSampler
+from facetrain.data.shared_batches import DEFAULT_SLOTS
 from facetrain.utils.io import write_json_atomic
 from facetrain.utils.schema import Constraint, Interval, OneOf
 
@@ -107,6 +108,9 @@ class FaceDataModule(pl.LightningDataModule):
         uint8_batches: Hand uint8 ``B×3×H×W`` batches to the device and flip + normalise there
             (:meth:`on_after_batch_transfer`), instead of normalising float images in the workers.
         uint8_transform: With ``uint8_batches``: optional CPU pipeline that keeps uint8 ``H×W×3`` (e.g. a crop).
+        worker_buffers: With ``uint8_batches`` and workers: shared-memory batch buffers each worker reuses once the
+            main process has dropped their batch (:mod:`facetrain.data.shared_batches`); costs ``worker_buffers ×
+            batch`` bytes of ``/dev/shm`` per worker. 0 allocates a new segment per batch, as ``default_collate``.
         gpu_augment: With ``uint8_batches``: flip probability and normalisation (:class:`GpuAugment`, or a mapping
             of its arguments); its mean/std must equal ``eval_transform``'s Normalize.
         seed: Seed of the sample order and of every sample's augmentation (:mod:`facetrain.data.sampler`): epoch e's
@@ -122,6 +126,7 @@ class FaceDataModule(pl.LightningDataModule):
         "verify_images": OneOf(VERIFY_IMAGES),
         "uint8_batches": OneOf((True, False)),
         "pin_memory": OneOf((True, False)),
+        "worker_buffers": Interval(0, integer=True),
         "seed": Interval(0, 2**32 - 1, integer=True),
     }
 
@@ -143,6 +148,7 @@ class FaceDataModule(pl.LightningDataModule):
         uint8_batches: bool = False,
         uint8_transform: Transform | None = None,
         gpu_augment: GpuAugment | Mapping[str, Any] | None = None,
+        worker_buffers: int = DEFAULT_SLOTS,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -150,6 +156,8 @@ class FaceDataModule(pl.LightningDataModule):
             raise ValueError(f"data.batch_size must be >= 2 (BatchNorm needs two samples), got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        if worker_buffers < 0:
+            raise ValueError(f"data.worker_buffers must be >= 0, got {worker_buffers}")
         if on_bad_image not in ON_BAD_IMAGE:
             raise ValueError(f"data.on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
         if verify_images not in VERIFY_IMAGES:
@@ -177,6 +185,7 @@ class FaceDataModule(pl.LightningDataModule):
         self.verify_images = verify_images
         self.uint8_batches = bool(uint8_batches)
         self.uint8_transform = uint8_transform
+        self.worker_buffers = int(worker_buffers)
         if isinstance(gpu_augment, Mapping):
             gpu_augment = GpuAugment(**{k: v for k, v in gpu_augment.items() if k != "_target_"})
         self.gpu_augment: GpuAugment = gpu_augment or GpuAugment()
@@ -467,7 +476,7 @@ class FaceDataModule(pl.LightningDataModule):
         assert self._train_paths is not None
         bad_log = None if self._records_dir is None else self._records_dir / BAD_IMAGES_FILE
         self.train_set = LabelledImages(
-            self._train_paths, self._labels, self._item_transform(), self.on_bad_image, bad_log
+            self._train_paths, self._labels, self._item_transform(), self.on_bad_image, bad_log, self.worker_buffers
         )
 
     def _train_sampler(self) -> ResumableSampler:

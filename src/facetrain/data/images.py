@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, get_worker_info
 from torch.utils.data._utils.collate import default_collate
 
 from facetrain.data.index import PathTable
+from facetrain.data.shared_batches import DEFAULT_SLOTS, BufferPool, TrackedBatch, worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -430,22 +431,29 @@ def find_normalize(transform: Any) -> tuple[tuple[float, ...], tuple[float, ...]
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _empty_batch(count: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _empty_batch(
+    count: int, height: int, width: int, slots: int = DEFAULT_SLOTS
+) -> tuple[torch.Tensor, torch.Tensor, BufferPool | None, int | None]:
     """Uninitialised ``count×3×height×width`` uint8 images and ``count`` int64 labels, both views of one storage.
 
-    In a DataLoader worker the storage is shared memory (as ``default_collate`` allocates its output), so sending
-    the batch to the main process copies nothing; one segment for both tensors instead of two saves a shared-memory
-    creation per batch, which costs about as much as decoding several images.
+    In a DataLoader worker the storage is shared memory, so sending the batch to the main process copies nothing.
+    With ``slots > 0`` it is one of the worker's reused segments (:mod:`facetrain.data.shared_batches`; the pool and
+    slot are returned for :func:`collate_batch`), which saves creating, zero-filling, passing and mapping a new
+    segment per batch; with 0, a new segment. Outside a worker it is ordinary memory.
     """
     image_bytes = count * 3 * height * width
     offset = -(-image_bytes // 8) * 8  # int64 labels start 8-byte aligned
     nbytes = offset + 8 * count
-    if get_worker_info() is None:
-        buffer = torch.empty(nbytes, dtype=torch.uint8)
+    pool = worker_pool(slots) if slots > 0 else None  # None outside a worker
+    if pool is not None:
+        storage, slot = pool.take(nbytes)
+        buffer = torch.empty(0, dtype=torch.uint8).set_(storage)[:nbytes]
+    elif get_worker_info() is not None:
+        buffer, slot = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes)), None
     else:
-        buffer = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
+        buffer, slot = torch.empty(nbytes, dtype=torch.uint8), None
     images = buffer[:image_bytes].view(count, 3, height, width)
-    return images, buffer[offset:].view(torch.int64)
+    return images, buffer[offset:nbytes].view(torch.int64), pool, slot
 
 
 class CollatedBatch(Sequence):
@@ -456,11 +464,14 @@ class CollatedBatch(Sequence):
     DataLoader with the default ``collate_fn`` still gets the same (re-stacked) batch, only slower.
     """
 
-    __slots__ = ("images", "labels")
+    __slots__ = ("images", "labels", "pool", "slot")
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(
+        self, images: torch.Tensor, labels: torch.Tensor, pool: BufferPool | None = None, slot: int | None = None
+    ) -> None:
         self.images = images
         self.labels = labels
+        self.pool, self.slot = pool, slot  # the worker's reusable segment the batch lives in, if any
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -475,8 +486,15 @@ class CollatedBatch(Sequence):
 
 
 def collate_batch(batch: Any) -> Any:
-    """DataLoader ``collate_fn``: a :class:`CollatedBatch` as ``[images, labels]``, else ``default_collate``."""
+    """DataLoader ``collate_fn``: a :class:`CollatedBatch` as ``[images, labels]``, else ``default_collate``.
+
+    A batch in a reused worker segment becomes a :class:`~facetrain.data.shared_batches.TrackedBatch`: the same
+    two-element list, which crosses to the main process as the segment's coordinates and arrives on the main
+    process's lasting mapping of it; the segment is released for reuse when the batch dies there.
+    """
     if isinstance(batch, CollatedBatch):
+        if batch.pool is not None and batch.slot is not None:
+            return TrackedBatch(batch.images, batch.labels, batch.pool, batch.slot)
         return [batch.images, batch.labels]
     return default_collate(batch)
 
@@ -494,6 +512,8 @@ class LabelledImages(Dataset):
             to ``bad_image_log``. The DataModule's check in ``setup`` normally removes bad files before this point;
             this is the fallback for damage the header check cannot see.
         bad_image_log: File that skipped images are appended to (``<run dir>/bad_images.txt``), or None.
+        worker_buffers: Shared-memory segments each DataLoader worker reuses for whole uint8 batches
+            (:mod:`facetrain.data.shared_batches`); 0 creates a new segment per batch.
     """
 
     def __init__(
@@ -503,6 +523,7 @@ class LabelledImages(Dataset):
         transform: Transform | None = None,
         on_bad_image: str = "error",
         bad_image_log: str | os.PathLike | None = None,
+        worker_buffers: int = DEFAULT_SLOTS,
     ) -> None:
         if on_bad_image not in ON_BAD_IMAGE:
             raise ValueError(f"data.on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
@@ -514,6 +535,7 @@ class LabelledImages(Dataset):
         self.on_bad_image = on_bad_image
         self.bad_image_log = None if bad_image_log is None else os.fspath(bad_image_log)
         self._reported: set[str] = set()
+        self.worker_buffers = int(worker_buffers)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -549,7 +571,7 @@ class LabelledImages(Dataset):
             image, source = self._load(int(index))
             if out is None:
                 height, width = image.shape[:2]
-                images, labels = _empty_batch(len(indices), height, width)
+                images, labels, pool, buffer_slot = _empty_batch(len(indices), height, width, self.worker_buffers)
                 out = images.numpy()
                 first = str(self.paths[source])
             elif image.shape != (height, width, 3):
@@ -563,7 +585,7 @@ class LabelledImages(Dataset):
         if out is None:  # no indices
             return []
         labels.numpy()[:] = np.asarray(self.labels)[sources]
-        return CollatedBatch(images, labels)
+        return CollatedBatch(images, labels, pool, buffer_slot)
 
     def _load(self, index: int) -> tuple[np.ndarray, int]:
         """Decoded RGB image for sample ``index`` and the index it really came from (another one when skipped)."""
