@@ -21,8 +21,10 @@ directory, then measures in one run, interleaved so machine load affects every m
   batch).
 
 DataLoaders use persistent workers and one untimed warm-up epoch, so worker start-up is not counted. It also
-times the start-up file check (``data.verify_images=header`` and ``decode``). Reports medians in images/s and
-``ours / (raw × workers)`` (the goal is >= 0.70 per worker), and writes ``bench_results/loader.json``.
+records the CPU time per image of the workers (user and system, from ``/proc``) and of the main process, counts the
+distinct shared-memory segments one epoch's batches arrive in, and times the start-up file check
+(``data.verify_images=header`` and ``decode``). Reports medians in images/s and ``ours / (raw × workers)`` (the
+goal is >= 0.70 per worker), and writes ``bench_results/loader.json``.
 
 Usage::
 
@@ -93,12 +95,29 @@ def make_images(root: Path, count: int) -> Path:
     return root / "casia"
 
 
+def process_cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far, from ``/proc/<pid>/stat`` (Linux; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan"), float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
+#: CPU microseconds per image of the last timed epoch per method: {"worker_user", "worker_system", "main"}.
+CPU_US: dict[str, list[dict[str, float]]] = {}
+
+
 def time_raw(paths: np.ndarray) -> float:
+    cpu = time.process_time()
     started = time.perf_counter()
     for p in paths:
         if cv2.imread(str(p), cv2.IMREAD_COLOR) is None:
             raise OSError(f"cannot decode {p}")
-    return len(paths) / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    CPU_US.setdefault("raw_cv2", []).append({"main": (time.process_time() - cpu) / len(paths) * 1e6})
+    return len(paths) / seconds
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
@@ -114,12 +133,25 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int) -> DataLoader:
     )
 
 
-def time_loader(loader: DataLoader) -> float:
+def time_loader(loader: DataLoader, name: str) -> float:
+    """Images/s of one epoch; also records the CPU time per image of the workers (user, system) and of this process."""
+    iterator = getattr(loader, "_iterator", None)  # persistent workers: alive since the warm-up epoch
+    pids = [w.pid for w in getattr(iterator, "_workers", [])]
+    before = [process_cpu_seconds(pid) for pid in pids]
+    cpu = time.process_time()
     started = time.perf_counter()
     n = 0
     for images, _ in loader:
         n += images.shape[0]
-    return n / (time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    after = [process_cpu_seconds(pid) for pid in pids]
+    per = 1e6 / n
+    record = {"main": (time.process_time() - cpu) * per}
+    if pids:
+        record["worker_user"] = sum(a[0] - b[0] for a, b in zip(after, before, strict=True)) * per
+        record["worker_system"] = sum(a[1] - b[1] for a, b in zip(after, before, strict=True)) * per
+    CPU_US.setdefault(name, []).append(record)
+    return n / seconds
 
 
 def count_segments(loader: DataLoader) -> tuple[int, int]:
@@ -188,9 +220,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # The same uint8 dataset without worker processes: separates our decode path from DataLoader IPC.
         loaders["ours_uint8_inproc"] = make_loader(LabelledImages(paths, labels, Uint8CHW()), args.batch_size, 0)
         methods: dict[str, Callable[[], float]] = {"raw_cv2": lambda: time_raw(paths)}
-        methods.update({name: (lambda loader=loader: time_loader(loader)) for name, loader in loaders.items()})
+        methods.update(
+            {name: (lambda loader=loader, name=name: time_loader(loader, name)) for name, loader in loaders.items()}
+        )
         for fn in methods.values():  # warm-up: page cache, worker start-up, first-call costs
             fn()
+        CPU_US.clear()
         results: dict[str, list[float]] = {name: [] for name in methods}
         for r in range(args.repeats):
             for name, fn in methods.items():
@@ -225,6 +260,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_to_raw_per_worker": ratios,
         "verify_images": checks,
         "batches_and_segments": segments,
+        "median_cpu_us_per_image": {
+            name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in CPU_US.items()
+        },
         "gpu_augment": time_gpu_augment(args.batch_size),
     }  # fmt: skip
 
@@ -253,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in METHODS:
         r = f"{ratio[name]:.2f}" if name in ratio else "-"
         print(f"  {name:<22} {med[name]:>9.0f} {r:>20}")
+    print("  CPU µs per image (medians; workers summed):")
+    for name, cpu in report["median_cpu_us_per_image"].items():
+        workers = (
+            f"workers {cpu['worker_user'] + cpu['worker_system']:.0f} (system {cpu['worker_system']:.0f}), "
+            if "worker_user" in cpu
+            else ""
+        )
+        print(f"    {name:<24} {workers}main process {cpu['main']:.0f}")
     for name, (batches, segments) in report["batches_and_segments"].items():
         print(f"  {name}: {batches} batches arrived in {segments} distinct shared-memory segments")
     for check, v in report["verify_images"].items():
