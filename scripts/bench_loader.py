@@ -16,6 +16,8 @@ directory, then measures in one run, interleaved so machine load affects every m
 * ``ours_uint8_per_sample``: the same, fetched sample by sample (``__getitem__`` + ``default_collate``): what
   ``ours_uint8`` did before the batched fetch;
 * ``torchvision``: ``ImageFolder`` (PIL decode) + RandomHorizontalFlip, ToTensor, Normalize, same DataLoader;
+* ``ours_rec_uint8``: the same JPEG bytes packed by ``folders_to_recordio`` into an InsightFace RecordIO pack, read
+  by ``RecordIOFaces`` + ``Uint8CHW`` (``data=insightface_rec data.uint8_batches=true``), same batched path;
 * ``ours_uint8_inproc``: the uint8 dataset through a DataLoader with no workers (decoding in this process), which
   separates the cost of our decode path from the DataLoader's worker-to-main transfer (a shared-memory segment per
   batch).
@@ -53,6 +55,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
+from facetrain.data.convert import folders_to_recordio
 from facetrain.data.images import (
     GpuAugment,
     LabelledImages,
@@ -61,6 +64,7 @@ from facetrain.data.images import (
     find_bad_images,
     scan_identity_folders,
 )
+from facetrain.data.recordio import RecordIOFaces
 from facetrain.data.synthetic import SyntheticFaces
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +77,7 @@ METHODS = (
     "ours_uint8_new_segments",
     "ours_uint8_per_sample",
     "torchvision",
+    "ours_rec_uint8",
     "ours_uint8_inproc",
 )
 
@@ -218,6 +223,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "torchvision": make_loader(datasets.ImageFolder(str(train_root), tv_tf), args.batch_size, args.workers),
         }
         # The same uint8 dataset without worker processes: separates our decode path from DataLoader IPC.
+        # The same JPEG bytes in an InsightFace RecordIO pack (data=insightface_rec), the same uint8 batched path.
+        pack = Path(tmp) / "pack"
+        pack.mkdir()
+        folders_to_recordio(train_root, pack, show_progress=False)
+        loaders["ours_rec_uint8"] = make_loader(RecordIOFaces(pack, Uint8CHW()), args.batch_size, args.workers)
         loaders["ours_uint8_inproc"] = make_loader(LabelledImages(paths, labels, Uint8CHW()), args.batch_size, 0)
         methods: dict[str, Callable[[], float]] = {"raw_cv2": lambda: time_raw(paths)}
         methods.update(
@@ -231,7 +241,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for name, fn in methods.items():
                 results[name].append(fn())
             print(f"repeat {r + 1}/{args.repeats}: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in results.items()))
-        segments = {name: count_segments(loaders[name]) for name in ("ours_uint8", "ours_uint8_new_segments")}
+        segments = {
+            name: count_segments(loaders[name]) for name in ("ours_uint8", "ours_uint8_new_segments", "ours_rec_uint8")
+        }
         del loaders
 
         checks = {}

@@ -323,9 +323,10 @@ def test_insightface_rec_config_through_the_seam(compose_cfg, casia: Path, tmp_p
     pack.mkdir()
     folders_to_recordio(casia, pack, show_progress=False)
     overrides = ["data=insightface_rec", f"data.train_root={pack}", "data.num_workers=0", "data.batch_size=4"]
-    dm = instantiate(compose_cfg(*overrides, "data.uint8_batches=true").data)
+    dm = instantiate(compose_cfg(*overrides, "data.uint8_batches=true", "data.worker_buffers=3").data)
     assert dm.num_classes == 5 and dm.num_images == 16
     dm.setup("fit")
+    assert dm.train_set.fetches_batches and dm.train_set.worker_buffers == 3  # data.worker_buffers reaches the pack
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 24, 24)
     noisy = instantiate(compose_cfg(*overrides, "data.label_noise.kind=symmetric", "data.label_noise.rate=0.5").data)

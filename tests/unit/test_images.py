@@ -30,6 +30,7 @@ from facetrain.data.images import (
     read_rgb,
     to_tensor,
 )
+from facetrain.data.sampler import EpochSeeded
 
 
 def write_image(path: Path, rgb: np.ndarray, ext: str = ".jpg") -> bytes:
@@ -241,6 +242,34 @@ def test_indexed_dataset_relabels_and_remaps(files: dict[str, Path]) -> None:
     view = IndexedDataset(base, np.asarray([1, 1, 0]), np.asarray([5, 6, 7]))
     assert len(view) == 3 and [view[i][1] for i in range(3)] == [5, 6, 7]
     assert torch.equal(view[0][0], base[1][0])
+
+
+def test_indexed_dataset_batches_through_its_base(files: dict[str, Path]) -> None:
+    base = LabelledImages(np.asarray([str(files["good"]), str(files["png"])]), np.asarray([0, 1]), Uint8CHW())
+    view = IndexedDataset(base, np.asarray([1, 1, 0]), np.asarray([5, 6, 7]))
+    assert view.fetches_batches and view.transform is base.transform
+    batch = view.__getitems__([2, 0])
+    assert isinstance(batch, CollatedBatch) and batch.labels.tolist() == [7, 5]
+    assert torch.equal(collate_batch(batch)[0], default_collate([view[2], view[0]])[0])
+    flipped = IndexedDataset(
+        LabelledImages(base.paths, base.labels, A.Compose([A.HorizontalFlip(p=1), ToTensorV2()])),
+        np.asarray([0, 1]),
+        np.asarray([3, 4]),
+    )
+    assert not flipped.fetches_batches and [y for _, y in flipped.__getitems__([1, 0])] == [4, 3]
+
+
+def test_epoch_seeded_seeds_the_transform_behind_an_indexed_dataset(files: dict[str, Path]) -> None:
+    """Exclusions and label noise wrap plug-in datasets in IndexedDataset; per-sample seeds must still reach them."""
+    paths = np.asarray([str(files["good"])] * 8)
+    augment = A.Compose([A.HorizontalFlip(p=0.5), A.RandomBrightnessContrast(p=1.0), ToTensorV2()])
+    view = IndexedDataset(LabelledImages(paths, np.zeros(8, dtype=np.int64), augment), np.arange(8), np.zeros(8))
+    seeded = EpochSeeded(view, seed=3)
+    first = [seeded[(1, i)][0] for i in range(8)]
+    view.base.transform.set_random_seed(12345)  # disturb the transform's own state: the seeds must override it
+    again = [seeded[(1, i)][0] for i in reversed(range(8))][::-1]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(first[0], x) for x in first[1:])  # the augmentation really varies per sample
 
 
 def noisy_image(seed: int, size: int = 32) -> np.ndarray:

@@ -8,13 +8,15 @@ import pickle
 import struct
 from pathlib import Path
 
+import albumentations as A
 import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 
 from facetrain.data.convert import folders_to_recordio, recordio_to_folders
+from facetrain.data.images import CollatedBatch, Uint8CHW, collate_batch
 from facetrain.data.recordio import RecordIOError, RecordIOFaces, encode_record, write_recordio
 
 MAGIC = 0xCED7230A
@@ -217,6 +219,38 @@ def test_dataloader_with_two_workers(pack_dir: Path) -> None:
     assert all(x.shape[1:] == (3, 16, 16) for x, _ in batches)
     clone = pickle.loads(pickle.dumps(ds))
     assert clone._fd is None and clone.read_bytes(1) == ds.read_bytes(1)
+
+
+def test_uint8_batches_are_decoded_whole_and_equal_the_per_sample_path(pack_dir: Path, images: list[bytes]) -> None:
+    ds = RecordIOFaces(pack_dir, transform=Uint8CHW())
+    assert ds.fetches_batches and not RecordIOFaces(pack_dir, transform=Uint8CHW(A.HorizontalFlip(p=1))).fetches_batches
+    indices = [6, 0, 3, -1]
+    batch = ds.__getitems__(indices)
+    assert isinstance(batch, CollatedBatch)
+    images_, labels = collate_batch(batch)
+    per_sample = default_collate([ds[i] for i in indices])
+    assert torch.equal(images_, per_sample[0]) and torch.equal(labels, per_sample[1])
+    first = cv2.cvtColor(cv2.imdecode(np.frombuffer(images[6], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert torch.equal(images_[0], torch.from_numpy(first).permute(2, 0, 1))  # decoded independently of the reader
+    assert labels.tolist() == [LABELS[6], LABELS[0], LABELS[3], LABELS[6]]
+    with pytest.raises(IndexError, match="out of range for 7 images"):
+        ds.__getitems__([0, 7])
+
+
+def test_uint8_batches_through_workers_with_reused_buffers(pack_dir: Path) -> None:
+    ds = RecordIOFaces(pack_dir, transform=Uint8CHW(), worker_buffers=2)
+    loader = DataLoader(ds, batch_size=2, num_workers=1, collate_fn=collate_batch, persistent_workers=True)
+    expected = default_collate([ds[i] for i in range(len(ds))])
+    for _ in range(3):
+        held = list(loader)
+        assert torch.equal(torch.cat([x for x, _ in held]), expected[0])
+        assert torch.cat([y for _, y in held]).tolist() == LABELS
+
+
+def test_a_batch_of_mixed_sizes_names_both_records(tmp_path: Path) -> None:
+    insightface_pack(tmp_path / "train", [jpeg(0, 16), jpeg(1, 20)], [0, 1])
+    with pytest.raises(ValueError, match=r"key 2 at byte offset \d+ is 20x20 but .*key 1 at byte offset \d+"):
+        RecordIOFaces(tmp_path, transform=Uint8CHW()).__getitems__([0, 1])
 
 
 def test_multipart_record_rejoined_and_matches_dmlc_framing(tmp_path: Path, images: list[bytes]) -> None:

@@ -345,6 +345,8 @@ class FaceDataModule(pl.LightningDataModule):
     def _build_plugin(self) -> None:
         assert self.dataset_factory is not None
         base = self.dataset_factory(transform=self._item_transform())
+        if hasattr(base, "worker_buffers"):  # a dataset with the batched uint8 fetch (RecordIOFaces)
+            base.worker_buffers = self.worker_buffers
         labels = np.asarray(base.labels)
         if labels.ndim != 1 or len(labels) != len(base) or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(

@@ -499,6 +499,55 @@ def collate_batch(batch: Any) -> Any:
     return default_collate(batch)
 
 
+def decode_batch(
+    indices: Sequence[int],
+    load: Callable[[int], tuple[np.ndarray, int]],
+    describe: Callable[[int], str],
+    labels: np.ndarray,
+    worker_buffers: int = DEFAULT_SLOTS,
+) -> CollatedBatch | list:
+    """Decode a batch straight into one uint8 ``B×3×H×W`` array: the batched fetch of the uint8 training path.
+
+    No per-sample tensors and no stacking copy: each decoded ``H×W×3`` image is split into the batch's CHW planes.
+    In a DataLoader worker the array is one of the worker's reused shared-memory buffers (``worker_buffers``).
+
+    Args:
+        indices: Sample indices of the batch.
+        load: ``load(index) -> (RGB image, index it really came from)`` (another one when a bad file was skipped).
+        describe: Names sample ``index`` in an error message (its path, or pack, key and offset).
+        labels: Label of every sample, indexed by the index ``load`` reports.
+        worker_buffers: Reused buffers per worker (0: a new shared-memory segment per batch).
+
+    Returns:
+        A :class:`CollatedBatch`, or ``[]`` for no indices.
+
+    Raises:
+        ValueError: An image has a different size than the batch's first; the message names both.
+    """
+    out: np.ndarray | None = None
+    sources = np.empty(len(indices), dtype=np.int64)
+    first = ""
+    for position, index in enumerate(indices):
+        image, source = load(int(index))
+        if out is None:
+            height, width = image.shape[:2]
+            images, batch_labels, pool, slot = _empty_batch(len(indices), height, width, worker_buffers)
+            out = images.numpy()
+            first = describe(source)
+        elif image.shape != (height, width, 3):
+            raise ValueError(
+                f"training image {describe(source)} is {image.shape[1]}x{image.shape[0]} but {first}, the first of "
+                f"its batch, is {width}x{height}: uint8 batches need images of one size (resize the data, or resize "
+                "in data.uint8_transform)"
+            )
+        cv2.split(image, list(out[position]))  # HWC -> the batch's CHW planes, no intermediate array
+        sources[position] = source
+    if out is None:  # no indices
+        return []
+    batch_labels.numpy()[:] = np.asarray(labels)[sources]
+    return CollatedBatch(images, batch_labels, pool, slot)
+
+
 class LabelledImages(Dataset):
     """``(image, label)`` pairs from parallel arrays of paths and integer labels.
 
@@ -564,28 +613,7 @@ class LabelledImages(Dataset):
         """
         if not self.fetches_batches:
             return [self[i] for i in indices]
-        out: np.ndarray | None = None
-        sources = np.empty(len(indices), dtype=np.int64)
-        first = ""
-        for slot, index in enumerate(indices):
-            image, source = self._load(int(index))
-            if out is None:
-                height, width = image.shape[:2]
-                images, labels, pool, buffer_slot = _empty_batch(len(indices), height, width, self.worker_buffers)
-                out = images.numpy()
-                first = str(self.paths[source])
-            elif image.shape != (height, width, 3):
-                raise ValueError(
-                    f"training image {str(self.paths[source])!r} is {image.shape[1]}x{image.shape[0]} but "
-                    f"{first!r}, the first of its batch, is {width}x{height}: uint8 batches need images of one size "
-                    "(resize the data, or resize in data.uint8_transform)"
-                )
-            cv2.split(image, list(out[slot]))  # HWC -> the batch's CHW planes, no intermediate array
-            sources[slot] = source
-        if out is None:  # no indices
-            return []
-        labels.numpy()[:] = np.asarray(self.labels)[sources]
-        return CollatedBatch(images, labels, pool, buffer_slot)
+        return decode_batch(indices, self._load, lambda i: repr(str(self.paths[i])), self.labels, self.worker_buffers)
 
     def _load(self, index: int) -> tuple[np.ndarray, int]:
         """Decoded RGB image for sample ``index`` and the index it really came from (another one when skipped)."""
@@ -641,6 +669,27 @@ class IndexedDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image, _ = self.base[int(self.index[i])]
         return image, int(self.labels[i])
+
+    @property
+    def transform(self) -> Any:
+        """The base dataset's transform, so :class:`~facetrain.data.sampler.EpochSeeded` seeds it per sample."""
+        return getattr(self.base, "transform", None)
+
+    @property
+    def fetches_batches(self) -> bool:
+        """Whether :meth:`__getitems__` hands whole uint8 batches on from the base dataset."""
+        return bool(getattr(self.base, "fetches_batches", False))
+
+    def __getitems__(self, indices: Sequence[int]) -> CollatedBatch | list[tuple[torch.Tensor, int]]:
+        """The base dataset's batched fetch of the mapped indices, relabelled; else sample by sample."""
+        if not self.fetches_batches:
+            return [self[i] for i in indices]
+        positions = np.asarray(indices, dtype=np.int64)
+        batch = self.base.__getitems__(self.index[positions].tolist())
+        if isinstance(batch, CollatedBatch):
+            batch.labels.numpy()[:] = self.labels[positions]
+            return batch
+        return [(image, int(label)) for (image, _), label in zip(batch, self.labels[positions], strict=True)]
 
 
 class ImageList(Dataset):

@@ -36,7 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from facetrain.data.images import Transform, to_tensor
+from facetrain.data.images import CollatedBatch, Transform, Uint8CHW, decode_batch, to_tensor
+from facetrain.data.shared_batches import DEFAULT_SLOTS
 
 __all__ = [
     "MAGIC",
@@ -335,6 +336,8 @@ class RecordIOFaces(Dataset):
             ``<prefix>.rec``/``<prefix>.idx`` (``property`` next to them).
         transform: Albumentations-style transform applied like :class:`facetrain.data.images.LabelledImages`.
         decode: If False, ``__getitem__`` returns the encoded image bytes instead of a tensor.
+        worker_buffers: With a plain :class:`~facetrain.data.images.Uint8CHW` transform, the reused shared-memory
+            batch buffers per DataLoader worker (:meth:`__getitems__`; the data module sets ``data.worker_buffers``).
 
     Attributes:
         keys: int64 record key of each image, in dataset order.
@@ -351,7 +354,11 @@ class RecordIOFaces(Dataset):
     """
 
     def __init__(
-        self, root_or_prefix: str | os.PathLike, transform: Transform | None = None, decode: bool = True
+        self,
+        root_or_prefix: str | os.PathLike,
+        transform: Transform | None = None,
+        decode: bool = True,
+        worker_buffers: int = DEFAULT_SLOTS,
     ) -> None:
         self.rec_path, self.idx_path, prop = pack_paths(root_or_prefix)
         if not self.rec_path.is_file():
@@ -359,6 +366,7 @@ class RecordIOFaces(Dataset):
         self.property_path = prop if prop.is_file() else None
         self.transform = transform
         self.decode = decode
+        self.worker_buffers = int(worker_buffers)
         self._fd: int | None = None
         self._pid: int | None = None
 
@@ -541,6 +549,25 @@ class RecordIOFaces(Dataset):
         if not self.decode:
             return self.read_bytes(index), label
         return to_tensor(self.transform, self.read_image(index)), label
+
+    @property
+    def fetches_batches(self) -> bool:
+        """Whether :meth:`__getitems__` builds whole uint8 batches (decoding, plain ``Uint8CHW``, no CPU pipeline)."""
+        return self.decode and type(self.transform) is Uint8CHW and self.transform.pre is None
+
+    def __getitems__(self, indices: list[int]) -> CollatedBatch | list[tuple[torch.Tensor | bytes, int]]:
+        """A whole batch at once, like :meth:`facetrain.data.images.LabelledImages.__getitems__`: decoded straight
+        into one uint8 ``B×3×H×W`` array with a plain ``Uint8CHW`` transform, else ``[self[i] for i in indices]``."""
+        if not self.fetches_batches:
+            return [self[i] for i in indices]
+
+        def where(i: int) -> str:
+            return _where(self.rec_path, int(self._offsets[i]), int(self.keys[i]))
+
+        return decode_batch(
+            [self._index(i) for i in indices], lambda i: (self.read_image(i), i), where, self.labels,
+            self.worker_buffers,
+        )  # fmt: skip
 
 
 def _check_label(label: Any, position: int) -> int:
