@@ -15,9 +15,16 @@ import numpy as np
 import pytest
 import torch
 
-from facetrain.data.binset import BinFormatError, UnsafeFileError, load_bin, write_bin
-from facetrain.data.convert import lfw_pairs_to_bin
-from facetrain.data.protocols import read_lfw_pairs, write_lfw_pairs
+from facetrain.data.binset import (
+    BinFormatError,
+    UnsafeFileError,
+    load_bin,
+    load_video_bin,
+    write_bin,
+    write_video_bin,
+)
+from facetrain.data.convert import lfw_pairs_to_bin, ytf_splits_to_bin
+from facetrain.data.protocols import read_lfw_pairs, write_lfw_pairs, write_ytf_splits
 
 ROOT = Path(__file__).resolve().parents[2]
 ISSAME = [True, False, True]
@@ -209,3 +216,105 @@ def test_lfw_tree_to_bin_round_trip_is_lossless(tmp_path: Path) -> None:
     (tmp_path / "lfw" / "Cy_Ro" / "Cy_Ro_0001.jpg").unlink()
     with pytest.raises(FileNotFoundError, match="Cy_Ro_0001"):
         lfw_pairs_to_bin(tmp_path / "lfw", tmp_path / "pairs.txt", tmp_path / "x.bin", show_progress=False)
+
+
+# --- video packs (YTF) ----------------------------------------------------------------------------------------------
+def test_video_pack_load_shares_repeated_videos_and_decodes(tmp_path: Path) -> None:
+    a, b, c = [jpeg(1), jpeg(2)], [jpeg(3)], [jpeg(4), jpeg(5), jpeg(6)]
+    # Written here with plain pickle: a video in two pairs is one list object, stored once by pickle's memo.
+    ds = load_video_bin(dump(tmp_path / "ytf.bin", ([a, b, a, c], [True, False])))
+    assert len(ds) == 2 and ds.issame.tolist() == [True, False]
+    assert ds.videos == [a, b, c] and ds.pair_videos.tolist() == [0, 1, 0, 2]
+    expected = cv2.cvtColor(cv2.imdecode(np.frombuffer(c[2], np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(ds.decode(2, 2), expected)
+    # Equal videos that are separate objects stay separate entries (nothing is merged by guessing).
+    assert load_video_bin(dump(tmp_path / "copy.bin", ([a, b, list(a), c], [1, 0]))).pair_videos.tolist() == [
+        0,
+        1,
+        2,
+        3,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bins", "message"),
+    [
+        ([b"\xff\xd8", [b"x"]], r"entry 0 \(pair 0\) is bytes, expected a non-empty list of encoded frames"),
+        ([[b"x"], []], r"entry 1 \(pair 0\) is list of length 0"),
+        ([[b"x"], [b"y", 3]], r"entry 1 \(pair 0\) frame 1 is int"),
+        ([[b"x"], [b"y"], [b"z"]], r"3 videos for 1 pairs"),
+    ],
+)
+def test_video_pack_structure_errors(tmp_path: Path, bins: list, message: str) -> None:
+    with pytest.raises(BinFormatError, match=message):
+        load_video_bin(dump(tmp_path / "bad.bin", (bins, [True] * (len(bins) // 2))))
+
+
+def test_video_pack_refuses_code_and_image_packs(tmp_path: Path, bins: list[bytes]) -> None:
+    marker = tmp_path / "pwned"
+    with pytest.raises(UnsafeFileError, match="refused to unpickle global"):
+        load_video_bin(dump(tmp_path / "evil.bin", ([[bins[0]], [SystemCall(marker)]], [True])))
+    assert not marker.exists()
+    with pytest.raises(BinFormatError, match="image packs such as lfw.bin load with load_bin"):
+        load_video_bin(dump(tmp_path / "lfw.bin", (bins, ISSAME)))
+    with pytest.raises(FileNotFoundError, match="video verification .bin not found"):
+        load_video_bin(tmp_path / "missing.bin")
+
+
+def test_write_video_bin_is_read_by_plain_pickle(tmp_path: Path) -> None:
+    a, b = [jpeg(1), jpeg(2)], [jpeg(3)]
+    write_video_bin(tmp_path / "v.bin", [a, b, b, a], np.array([True, False]))
+    with (tmp_path / "v.bin").open("rb") as f:
+        videos, issame = pickle.load(f)
+    assert videos == [a, b, b, a] and videos[0] is videos[3] and videos[1] is videos[2]  # each video stored once
+    assert issame == [True, False] and all(type(x) is bool for x in issame)
+    with pytest.raises(BinFormatError, match="3 videos for 2 pairs"):
+        write_video_bin(tmp_path / "w.bin", [a, b, a], [True, False])
+    assert not (tmp_path / "w.bin").exists()
+
+
+def test_ytf_tree_to_video_bin_is_lossless(tmp_path: Path) -> None:
+    videos = {"Ann/0": (1, 2, 10), "Ann/1": (5,), "Bo/3": (7, 8), "Cy/2": (1, 3)}
+    files: dict[str, list[bytes]] = {}
+    for video, frames in videos.items():
+        folder = tmp_path / "db" / video
+        folder.mkdir(parents=True)
+        files[video] = []
+        for n in frames:  # frame 10 sorts after 2 by number, before it by name
+            files[video].append(jpeg(len(files) * 10 + n))
+            (folder / f"aligned_detect_{video[-1]}.{n}.jpg").write_bytes(files[video][-1])
+    rows = [
+        (1, 1, "Ann/0", "Ann/1", 1),
+        (1, 2, "Ann/0", "Bo/3", 0),
+        (2, 1, "Bo/3", "Bo/3", 1),
+        (2, 2, "Cy/2", "Ann/1", 0),
+    ]
+    write_ytf_splits(tmp_path / "splits.txt", rows)
+    out = tmp_path / "ytf.bin"
+    assert ytf_splits_to_bin(tmp_path / "db", tmp_path / "splits.txt", out, n_splits=2, show_progress=False) == 4
+    with out.open("rb") as f:  # read independently of the facetrain reader
+        entries, issame = pickle.load(f)
+    assert entries == [files[v] for row in rows for v in row[2:4]]
+    assert issame == [True, False, True, False]
+    assert entries[0] is entries[2]  # Ann/0 stored once
+    sampled = tmp_path / "sampled.bin"
+    ytf_splits_to_bin(tmp_path / "db", tmp_path / "splits.txt", sampled, n_splits=2, frames_per_video=2,
+                      show_progress=False)  # fmt: skip
+    assert load_video_bin(sampled).videos[0] == [files["Ann/0"][0], files["Ann/0"][2]]  # frames 1 and 10
+
+    spec = importlib.util.spec_from_file_location("pairs_to_bin", ROOT / "scripts" / "pairs_to_bin.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = ["--root", str(tmp_path / "db"), "--splits-file", str(tmp_path / "splits.txt"), "--n-splits", "2"]
+    assert script.main([*argv, "--output", str(tmp_path / "cli.bin"), "--quiet"]) == 0
+    assert (tmp_path / "cli.bin").read_bytes() == out.read_bytes()
+
+    uneven = [(1, 1, "Ann/0", "Ann/1", 1), (2, 1, "Ann/0", "Bo/3", 0), (2, 2, "Bo/3", "Bo/3", 1)]
+    write_ytf_splits(tmp_path / "uneven.txt", uneven)
+    with pytest.raises(ValueError, match=r"split sizes \[1, 2\] are not the consecutive blocks \[2, 1\]"):
+        ytf_splits_to_bin(tmp_path / "db", tmp_path / "uneven.txt", tmp_path / "u.bin", n_splits=2)
+    (tmp_path / "db" / "Cy/2" / "aligned_detect_2.3.jpg").unlink()
+    (tmp_path / "db" / "Cy/2" / "aligned_detect_2.1.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match="Cy/2' holds no frame images"):
+        ytf_splits_to_bin(tmp_path / "db", tmp_path / "splits.txt", tmp_path / "x.bin", n_splits=2)
+    assert not (tmp_path / "x.bin").exists()

@@ -18,16 +18,25 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from sklearn.preprocessing import normalize
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from facetrain.data.convert import lfw_pairs_to_bin
+from facetrain.data.convert import lfw_pairs_to_bin, ytf_splits_to_bin
 from facetrain.data.protocols import write_lfw_pairs, write_ytf_splits
-from facetrain.evaluation.callbacks import BinVerification, OpenSetIdentification, PairVerification, VideoVerification
+from facetrain.evaluation.callbacks import (
+    BinVerification,
+    OpenSetIdentification,
+    PairVerification,
+    VideoBinVerification,
+    VideoVerification,
+)
 from facetrain.evaluation.embed import embed_images
 from facetrain.evaluation.plots import read_curve_csv, subsample_curve, write_curve_csv
 from facetrain.evaluation.verification import UNDEFINED, kfold_accuracy_mean_subtracted
+from facetrain.utils.instantiate import instantiate_named
+from facetrain.utils.schema import validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -312,6 +321,45 @@ def test_video_mean_subtraction_fits_training_videos(ytf: tuple[Path, dict], tmp
     for i in np.flatnonzero(~train):
         a, b = (normalize(normalize(vectors[v]) - mu) for v in (callback.pairs.left[i], callback.pairs.right[i]))
         assert callback.report["scores"][i] == pytest.approx(np.mean(a @ b.T), abs=1e-5)
+
+
+def test_video_bin_pack_gives_the_same_results_as_the_frame_folders(ytf: tuple[Path, dict], tmp_path: Path) -> None:
+    root, _ = ytf
+    pack = tmp_path / "ytf.bin"
+    ytf_splits_to_bin(root / "db", root / "splits.txt", pack, n_splits=2, show_progress=False)
+    for options in (
+        {},
+        {"aggregate": "first_k", "k": 2},
+        {"frames_per_video": 2, "flip": "sum"},
+        {"aggregate": "mean_pair_cosine", "score": "l2", "mean_subtraction": True},
+    ):
+        tree = _video(ytf, tmp_path, **options).evaluate(HalvesModel())
+        callback = VideoBinVerification("ytf", path=str(pack), n_splits=2, dirpath=str(tmp_path), **options)
+        assert callback.evaluate(HalvesModel()) == tree, options
+        frames = 8 * (2 if {"k", "frames_per_video"} & options.keys() else 3)  # 8 distinct videos, embedded once
+        assert len(callback.images().cache) == frames and len(callback.paths) == frames
+    with pytest.raises(ValueError, match=r"eval\.ytf\.n_splits must be in \[2, 8\]"):
+        VideoBinVerification("ytf", path=str(pack))
+
+
+def test_bin_eval_configs_validate_and_build(compose_cfg, lfw: Path, ytf: tuple[Path, dict], tmp_path: Path) -> None:
+    """``eval=[lfw_bin,ytf_bin]`` as a user writes it: the schema check of train() passes, the callbacks build."""
+    lfw_pack, ytf_pack = tmp_path / "lfw.bin", tmp_path / "ytf.bin"
+    lfw_pairs_to_bin(lfw / "lfw", lfw / "pairs.txt", lfw_pack, ext="png", show_progress=False)
+    ytf_splits_to_bin(ytf[0] / "db", ytf[0] / "splits.txt", ytf_pack, n_splits=2, show_progress=False)
+    cfg = compose_cfg(
+        "eval=[lfw_bin,ytf_bin]", f"eval.lfw_bin.path={lfw_pack}", "+eval.lfw_bin.n_folds=2",
+        f"eval.ytf_bin.path={ytf_pack}", "eval.ytf_bin.n_splits=2", "eval.ytf_bin.aggregate=first_k",
+        "eval.ytf_bin.k=2",
+    )  # fmt: skip
+    validate_config(cfg)
+    callbacks = instantiate_named(cfg.eval)
+    assert [type(c) for c in callbacks] == [BinVerification, VideoBinVerification]
+    assert len(callbacks[1].paths) == 8 * 2
+    OmegaConf.set_struct(cfg, False)
+    cfg.eval.ytf_bin.frames_per_vid = 2  # a typo of a key the pack callback inherits from VideoPairVerification
+    with pytest.raises(ValueError, match="eval.ytf_bin.frames_per_vid.*did you mean eval.ytf_bin.frames_per_video"):
+        validate_config(cfg)
 
 
 # --- open set -------------------------------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ and ``bins[2i+1]`` being pair ``i`` in protocol order, and ``issame_list`` ``N``
 image is: the Python 2 ``lfw2pack.py`` stored the file bytes (a py2 ``str``, hence insightface's retry with
 ``encoding='bytes'``), ``build_eval_pack.py`` stores the ``numpy.ndarray`` returned by ``cv2.imencode``.
 
+facetrain extends the layout to YouTube Faces, whose pairs are pairs of *videos*: in a video pack (``ytf.bin``,
+written by ``scripts/pairs_to_bin.py --splits-file``) each of the ``2 N`` entries of ``bins`` is a list of encoded
+frames (one video, in frame order) instead of one encoded image. Pairs keep the ``splits.txt`` order (each split a
+consecutive block), and a video used by several pairs is one list object, which pickle stores once
+(:class:`VideoBinSet`, :func:`load_video_bin`, :func:`write_video_bin`).
+
 Unpickling runs code named by the file, so these files are loaded with :class:`SafeUnpickler`, which resolves only
 the few globals that such packs need and that just build data (see :data:`ALLOWED_GLOBALS`); anything else is
 refused before it is called.
@@ -35,8 +41,11 @@ __all__ = [
     "BinSet",
     "SafeUnpickler",
     "UnsafeFileError",
+    "VideoBinSet",
     "load_bin",
+    "load_video_bin",
     "write_bin",
+    "write_video_bin",
 ]
 
 _LATIN1 = {"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1"}
@@ -164,8 +173,8 @@ def _as_bytes(item: Any) -> bytes | None:
     return None
 
 
-def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
-    """Check the ``(bins, issame_list)`` structure and convert it to ``(list[bytes], bool array)``."""
+def _pairs(path: Path, obj: Any, noun: str = "images") -> tuple[Sequence[Any], np.ndarray]:
+    """Check the ``(bins, issame_list)`` structure: ``2 N`` entries and ``N`` flags (bool, or 0/1) as a bool array."""
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         found = f"{type(obj).__name__} of length {len(obj)}" if isinstance(obj, (tuple, list)) else type(obj).__name__
         raise BinFormatError(f"{path}: expected a pickled (bins, issame_list) pair, found {found}")
@@ -178,17 +187,9 @@ def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
         )
     if len(bins) != 2 * len(issame):
         raise BinFormatError(
-            f"{path}: {len(bins)} images for {len(issame)} pairs; a .bin holds 2 images per pair "
+            f"{path}: {len(bins)} {noun} for {len(issame)} pairs; a .bin holds 2 {noun} per pair "
             f"(expected {2 * len(issame)})"
         )
-    images = []
-    for i, item in enumerate(bins):
-        data = _as_bytes(item)
-        if not data:
-            raise BinFormatError(
-                f"{path}: image {i} is {type(item).__name__} {item!r:.60}, expected non-empty encoded image bytes"
-            )
-        images.append(data)
     flags = np.empty(len(issame), dtype=bool)
     for i, value in enumerate(issame):
         # bool, np.bool_ and the 0/1 integers some re-exports use; anything else would silently flip pairs.
@@ -198,7 +199,76 @@ def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
             raise BinFormatError(
                 f"{path}: issame_list[{i}] is {type(value).__name__} {value!r:.40}, expected a bool (or 0/1)"
             )
-    return images, flags
+    return bins, flags
+
+
+def _image(path: Path, item: Any, what: str) -> bytes:
+    data = _as_bytes(item)
+    if not data:
+        raise BinFormatError(
+            f"{path}: {what} is {type(item).__name__} {item!r:.60}, expected non-empty encoded image bytes"
+        )
+    return data
+
+
+def _validate(path: Path, obj: Any) -> tuple[list[bytes], np.ndarray]:
+    """Check the ``(bins, issame_list)`` structure and convert it to ``(list[bytes], bool array)``."""
+    bins, flags = _pairs(path, obj)
+    return [_image(path, item, f"image {i}") for i, item in enumerate(bins)], flags
+
+
+def _validate_videos(path: Path, obj: Any) -> tuple[list[list[bytes]], np.ndarray, np.ndarray]:
+    """Check a video pack and convert it to ``(unique videos as lists of bytes, video of each entry, flags)``.
+
+    Entries that are the same list object (how pickle restores one video used by several pairs) become one video.
+    """
+    bins, flags = _pairs(path, obj, "videos")
+    videos: list[list[bytes]] = []
+    seen: dict[int, int] = {}
+    entry_video = np.empty(len(bins), dtype=np.int64)
+    for i, entry in enumerate(bins):
+        if id(entry) not in seen:
+            if not isinstance(entry, (list, tuple)) or not entry:
+                found = (
+                    f"{type(entry).__name__} of length {len(entry)}"
+                    if isinstance(entry, (list, tuple))
+                    else (type(entry).__name__)
+                )
+                raise BinFormatError(
+                    f"{path}: entry {i} (pair {i // 2}) is {found}, expected a non-empty list of encoded frames "
+                    "(a video pack; image packs such as lfw.bin load with load_bin)"
+                )
+            seen[id(entry)] = len(videos)
+            videos.append([_image(path, item, f"entry {i} (pair {i // 2}) frame {j}") for j, item in enumerate(entry)])
+        entry_video[i] = seen[id(entry)]
+    return videos, entry_video, flags
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    """Encoded image bytes to ``H×W×3`` uint8 RGB; a failure names ``where``."""
+    image = None
+    if data:
+        try:
+            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        except cv2.error:
+            image = None
+    if image is None:
+        raise BinFormatError(f"{where} cannot be decoded ({len(data)} bytes, corrupt or unsupported format)")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _dump_atomic(path: Path, obj: Any) -> Path:
+    """``pickle.dump(obj, HIGHEST_PROTOCOL)`` through a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 class BinImages(Dataset):
@@ -246,19 +316,7 @@ class BinSet:
         Raises:
             BinFormatError: The bytes do not decode; the message names the file and the image index.
         """
-        data = self.images[index]
-        image = None
-        if data:
-            try:
-                image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-            except cv2.error:
-                image = None
-        if image is None:
-            raise BinFormatError(
-                f"{self.path or 'BinSet'}: image {index} (pair {index // 2}) cannot be decoded "
-                f"({len(data)} bytes, corrupt or unsupported format)"
-            )
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        return _decode(self.images[index], f"{self.path or 'BinSet'}: image {index} (pair {index // 2})")
 
     def as_dataset(self, transform: Transform | None = None) -> BinImages:
         """A Dataset of the images as tensors, in file order, through ``transform`` like ``ImageList``."""
@@ -294,13 +352,81 @@ def write_bin(path: str | os.PathLike, images: Sequence[bytes], issame: Sequence
     """
     path = Path(path)
     bins, flags = _validate(path, (list(images), issame if isinstance(issame, np.ndarray) else list(issame)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump((bins, [bool(x) for x in flags]), f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return _dump_atomic(path, (bins, [bool(x) for x in flags]))
+
+
+class VideoBinSet:
+    """A loaded video verification pack (YTF): videos as lists of encoded frames, and the flag of each pair.
+
+    Attributes:
+        videos: The distinct videos, each a list of encoded frames in frame order.
+        pair_videos: ``2 N`` indices into :attr:`videos`; entries ``2i`` and ``2i+1`` form pair ``i``.
+        issame: ``N`` booleans.
+        path: The file it came from, used in error messages (None when built in memory).
+    """
+
+    def __init__(
+        self,
+        videos: Sequence[Sequence[bytes]],
+        pair_videos: Sequence[int] | np.ndarray,
+        issame: Sequence[bool] | np.ndarray,
+        path: str | None = None,
+    ) -> None:
+        self.videos = [list(v) for v in videos]
+        self.pair_videos = np.asarray(pair_videos, dtype=np.int64)
+        self.issame = np.asarray(issame, dtype=bool)
+        self.path = path
+        if len(self.pair_videos) != 2 * len(self.issame):
+            raise BinFormatError(
+                f"{path or 'VideoBinSet'}: {len(self.pair_videos)} entries for {len(self.issame)} pairs "
+                "(2 videos per pair expected)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.issame)
+
+    def __repr__(self) -> str:
+        frames = sum(len(v) for v in self.videos)
+        return f"VideoBinSet({self.path!r}, pairs={len(self)}, videos={len(self.videos)}, frames={frames})"
+
+    def decode(self, video: int, frame: int) -> np.ndarray:
+        """Frame ``frame`` of video ``video`` as an ``H×W×3`` uint8 RGB array.
+
+        Raises:
+            BinFormatError: The bytes do not decode; the message names the file, the video and the frame.
+        """
+        return _decode(self.videos[video][frame], f"{self.path or 'VideoBinSet'}: video {video} frame {frame}")
+
+
+def load_video_bin(path: str | os.PathLike) -> VideoBinSet:
+    """Load a video verification pack (``ytf.bin``, see the module doc) through the same restricted unpickler.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        UnsafeFileError: The pickle names a global outside :data:`ALLOWED_GLOBALS` (nothing was executed).
+        BinFormatError: Not a pickle, or not ``(bins, issame_list)`` with ``2 N`` non-empty lists of encoded frames
+            and ``N`` booleans.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video verification .bin not found: {path}")
+    videos, pair_videos, issame = _validate_videos(path, _load_pickle(path))
+    return VideoBinSet(videos, pair_videos, issame, path=os.fspath(path))
+
+
+def write_video_bin(
+    path: str | os.PathLike, videos: Sequence[Sequence[bytes]], issame: Sequence[bool] | np.ndarray
+) -> Path:
+    """Write a video pack: ``pickle.dump((videos, issame_list))``, ``videos[2i]`` and ``videos[2i+1]`` = pair ``i``.
+
+    Entries that are the same object (one video in several pairs) are written once and load as one video.
+
+    Raises:
+        BinFormatError: ``len(videos) != 2 * len(issame)``, a video is empty, a frame is empty or not bytes-like, or
+            a flag is not a bool / 0 / 1.
+    """
+    path = Path(path)
+    unique, entry_video, flags = _validate_videos(
+        path, (list(videos), issame if isinstance(issame, np.ndarray) else list(issame))
+    )
+    return _dump_atomic(path, ([unique[v] for v in entry_video], [bool(x) for x in flags]))

@@ -16,12 +16,20 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from facetrain.data.binset import write_bin
+from facetrain.data.binset import write_bin, write_video_bin
 from facetrain.data.images import scan_identity_folders
-from facetrain.data.protocols import check_images_exist, read_lfw_pairs
+from facetrain.data.protocols import check_images_exist, list_frames, read_lfw_pairs, read_ytf_splits
 from facetrain.data.recordio import PackInfo, RecordIOFaces, write_recordio
+from facetrain.evaluation.verification import fold_ids
 
-__all__ = ["folders_to_recordio", "image_extension", "lfw_pairs_to_bin", "progress", "recordio_to_folders"]
+__all__ = [
+    "folders_to_recordio",
+    "image_extension",
+    "lfw_pairs_to_bin",
+    "progress",
+    "recordio_to_folders",
+    "ytf_splits_to_bin",
+]
 
 T = TypeVar("T")
 
@@ -153,4 +161,56 @@ def lfw_pairs_to_bin(
             cache[name] = (root / name).read_bytes()
         images.append(cache[name])
     write_bin(out, images, pairs.issame)
+    return len(pairs)
+
+
+def ytf_splits_to_bin(
+    root: str | os.PathLike,
+    splits_file: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    n_splits: int | None = 10,
+    frames_per_video: int | None = None,
+    show_progress: bool = True,
+) -> int:
+    """Write a YouTube Faces ``splits.txt`` and its frame folders as a video ``.bin`` pack (``ytf.bin``).
+
+    Each pair stores its two videos as lists of the unchanged frame-file bytes in frame order
+    (:func:`facetrain.data.binset.write_video_bin`); a video in several pairs is stored once. The pack keeps pair
+    order, and a reader recovers the splits as consecutive blocks (:func:`~facetrain.evaluation.verification.fold_ids`),
+    so a splits file whose splits are not such blocks is refused rather than silently re-folded.
+
+    Args:
+        root: ``aligned_images_DB`` (holding ``Name/<video>/<frames>``).
+        splits_file: The ``splits.txt``.
+        out: Output ``.bin`` (written atomically).
+        n_splits: Splits the file must have (10 for YTF); None accepts any number.
+        frames_per_video: Store this many evenly spaced frames per video (the evaluation's sampling); None stores
+            every frame, which is lossless and, for the real YTF, several GB.
+        show_progress: Progress bar on stderr.
+
+    Returns:
+        The number of pairs written.
+
+    Raises:
+        FileNotFoundError: The splits file, a video folder or its frames are missing (checked before any frame is read).
+        ValueError: The splits file is malformed, or its splits are not the consecutive blocks a reader recovers.
+    """
+    pairs = read_ytf_splits(splits_file, n_splits=n_splits)
+    blocks = fold_ids(len(pairs), pairs.n_folds)
+    if not np.array_equal(pairs.folds, blocks):
+        raise ValueError(
+            f"{splits_file}: split sizes {np.bincount(pairs.folds).tolist()} are not the consecutive blocks "
+            f"{np.bincount(blocks).tolist()} a .bin reader recovers from pair order, so the pack would change the folds"
+        )
+    if frames_per_video is not None and frames_per_video < 1:
+        raise ValueError(f"frames_per_video must be >= 1 or None, got {frames_per_video}")
+    root = Path(root)
+    names = sorted(set(pairs.left) | set(pairs.right))
+    frames = {name: list_frames(root / name, frames_per_video) for name in names}  # every folder checked first
+    videos: dict[str, list[bytes]] = {}
+    for name in progress(names, len(names), "reading videos", show_progress):
+        videos[name] = [Path(f).read_bytes() for f in frames[name]]
+    entries = [videos[name] for pair in zip(pairs.left, pairs.right) for name in pair]  # shared list objects
+    write_video_bin(out, entries, pairs.issame)
     return len(pairs)

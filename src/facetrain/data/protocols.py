@@ -9,6 +9,7 @@ wrong accuracies (e.g. a header-less copy of ``pairs.txt`` shifts every fold bou
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,11 +17,15 @@ from pathlib import Path
 
 import numpy as np
 
+from facetrain.data.images import IMAGE_EXTENSIONS
+
 __all__ = [
     "PairList",
     "check_images_exist",
+    "list_frames",
     "read_lfw_pairs",
     "read_ytf_splits",
+    "select_frames",
     "write_lfw_pairs",
     "write_ytf_splits",
 ]
@@ -279,6 +284,47 @@ def read_ytf_splits(splits_file: str | os.PathLike[str], n_splits: int | None = 
     if n_splits is not None and prev_split != n_splits:
         raise ValueError(f"{path}:{len(lines)}: expected {n_splits} splits, the file ends after split {prev_split}")
     return PairList(left, right, issame=np.array(same, dtype=bool), folds=np.array(folds, dtype=np.int64))
+
+
+_FRAME_NUMBER = re.compile(r"\.(\d+)\.[^.]+$")
+
+
+def _frame_key(name: str) -> tuple[int, str]:
+    match = _FRAME_NUMBER.search(name)
+    return (int(match.group(1)) if match else -1, name)
+
+
+def select_frames(count: int, frames_per_video: int | None = None, first_k: int | None = None) -> np.ndarray:
+    """Indices of the frames of a ``count``-frame video that a YTF evaluation uses, in frame order.
+
+    Args:
+        count: Frames in the video.
+        frames_per_video: Keep at most this many evenly spaced frames; None keeps all.
+        first_k: Keep only the first k frames (FaceNet's YTF protocol); applied instead of ``frames_per_video``.
+    """
+    if first_k is not None:
+        return np.arange(min(count, first_k))
+    if frames_per_video is not None and count > frames_per_video:
+        return np.linspace(0, count - 1, frames_per_video).round().astype(np.int64)
+    return np.arange(count)
+
+
+def list_frames(
+    video_dir: str | os.PathLike[str], frames_per_video: int | None = None, first_k: int | None = None
+) -> list[str]:
+    """Paths of the frames of one YTF video folder in frame-number order (``aligned_detect_<video>.<n>.jpg``),
+    selected by :func:`select_frames`.
+
+    Raises:
+        FileNotFoundError: The folder does not exist or holds no frame images.
+    """
+    video_dir = Path(video_dir)
+    if not video_dir.is_dir():
+        raise FileNotFoundError(f"video folder {str(video_dir)!r} named in the splits file does not exist")
+    frames = sorted((f for f in os.listdir(video_dir) if f.lower().endswith(IMAGE_EXTENSIONS)), key=_frame_key)
+    if not frames:
+        raise FileNotFoundError(f"video folder {str(video_dir)!r} holds no frame images")
+    return [os.path.join(video_dir, frames[i]) for i in select_frames(len(frames), frames_per_video, first_k)]
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,17 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 
-from facetrain.data.binset import load_bin
+from facetrain.data.binset import load_bin, load_video_bin
 from facetrain.data.datamodule import DataSource
-from facetrain.data.images import IMAGE_EXTENSIONS, Transform, scan_identity_folders
-from facetrain.data.protocols import PairList, check_images_exist, read_lfw_pairs, read_ytf_splits
+from facetrain.data.images import Transform, scan_identity_folders
+from facetrain.data.protocols import (
+    PairList,
+    check_images_exist,
+    list_frames,
+    read_lfw_pairs,
+    read_ytf_splits,
+    select_frames,
+)
 from facetrain.evaluation.embed import DecodedImages, embed_images, flip_mode
 from facetrain.evaluation.openset import (
     OpenSetTrial,
@@ -63,6 +69,8 @@ __all__ = [
     "OpenSetIdentification",
     "PairVerification",
     "VerificationCallback",
+    "VideoBinVerification",
+    "VideoPairVerification",
     "VideoVerification",
     "list_frames",
 ]
@@ -430,39 +438,12 @@ class BinVerification(VerificationCallback):
         return mean_subtracted_scorer(embeddings[self._left], embeddings[self._right], self.score)
 
 
-_FRAME_NUMBER = re.compile(r"\.(\d+)\.[^.]+$")
+class VideoPairVerification(VerificationCallback):
+    """Video-pair verification (YouTube Faces): what :class:`VideoVerification` (frame folders) and
+    :class:`VideoBinVerification` (a video ``.bin`` pack) share; a subclass supplies the videos.
 
-
-def _frame_key(name: str) -> tuple[int, str]:
-    match = _FRAME_NUMBER.search(name)
-    return (int(match.group(1)) if match else -1, name)
-
-
-def list_frames(video_dir: Path, frames_per_video: int | None, first_k: int | None = None) -> list[str]:
-    """Frames of one video in frame-number order.
-
-    Args:
-        frames_per_video: Keep at most this many evenly spaced frames; None keeps all.
-        first_k: Keep only the first k frames (FaceNet's YTF protocol); applied instead of ``frames_per_video``.
-    """
-    if not video_dir.is_dir():
-        raise FileNotFoundError(f"video folder {str(video_dir)!r} named in the splits file does not exist")
-    frames = sorted((f for f in os.listdir(video_dir) if f.lower().endswith(IMAGE_EXTENSIONS)), key=_frame_key)
-    if not frames:
-        raise FileNotFoundError(f"video folder {str(video_dir)!r} holds no frame images")
-    if first_k is not None:
-        frames = frames[:first_k]
-    elif frames_per_video is not None and len(frames) > frames_per_video:
-        keep = np.linspace(0, len(frames) - 1, frames_per_video).round().astype(int)
-        frames = [frames[i] for i in keep]
-    return [os.path.join(video_dir, f) for f in frames]
-
-
-class VideoVerification(VerificationCallback):
-    """Video-pair verification in the YouTube Faces layout (``root/<Name>/<video>/<frames>`` + ``splits.txt``).
-
-    The 10 splits are the folds. How two videos are compared is not standardised (protocols.md §3.3), so it is an
-    option, recorded next to the results:
+    How two videos are compared is not standardised (protocols.md §3.3), so it is an option, recorded next to the
+    results:
 
     * ``mean_embedding`` (default, ArcFace): a video is the L2-normalised mean of its L2-normalised frame
       embeddings; pairs are scored like images.
@@ -478,15 +459,12 @@ class VideoVerification(VerificationCallback):
         frames_per_video: Evenly spaced frames used per video; None uses all. Not combinable with ``first_k``.
         aggregate: ``mean_embedding``, ``mean_pair_cosine`` or ``first_k``.
         k: Frames per video for ``first_k`` (FaceNet used 100).
-        n_splits: Splits the file must have (10 for YTF); None accepts any number (small fixtures).
+        **kwargs: See :class:`VerificationCallback`.
     """
 
     def __init__(
         self,
         name: str,
-        root: str,
-        splits_file: str,
-        n_splits: int | None = 10,
         frames_per_video: int | None = None,
         aggregate: str = "mean_embedding",
         k: int = 100,
@@ -507,17 +485,20 @@ class VideoVerification(VerificationCallback):
         self.aggregate = aggregate
         self.k = int(k)
         self.frames_per_video = frames_per_video
-        self.root = Path(root)
-        self.pairs = read_ytf_splits(splits_file, n_splits=n_splits)
-        videos, inverse = np.unique(np.asarray(self.pairs.left + self.pairs.right), return_inverse=True)
-        first_k = self.k if aggregate == "first_k" else None
-        frames = [list_frames(self.root / v, frames_per_video, first_k) for v in videos]
-        self.paths = np.asarray([p for f in frames for p in f])
-        self._counts = np.asarray([len(f) for f in frames])
+
+    @property
+    def first_k(self) -> int | None:
+        """Frames kept from the start of each video (``first_k`` aggregation), else None."""
+        return self.k if self.aggregate == "first_k" else None
+
+    def _index_videos(self, counts: Sequence[int], entry_video: np.ndarray) -> None:
+        """Record the frame layout: :attr:`paths` holds ``counts[v]`` consecutive frames per video ``v``, and
+        ``entry_video[i]`` / ``entry_video[n + i]`` are the two videos of pair ``i``."""
+        self._counts = np.asarray(counts)
         self._starts = np.concatenate([[0], np.cumsum(self._counts)[:-1]])
-        self._owner = np.repeat(np.arange(len(videos)), self._counts)  # video of each frame (contiguous runs)
+        self._owner = np.repeat(np.arange(len(self._counts)), self._counts)  # video of each frame (contiguous runs)
         n = len(self.pairs)
-        self._left, self._right = inverse[:n], inverse[n:]
+        self._left, self._right = entry_video[:n], entry_video[n:]
 
     def options(self) -> dict[str, Any]:
         options = {**super().options(), "aggregate": self.aggregate}
@@ -550,6 +531,69 @@ class VideoVerification(VerificationCallback):
             return self.video_scores(centred / np.linalg.norm(centred, axis=1, keepdims=True).clip(min=1e-12))
 
         return scorer
+
+
+class VideoVerification(VideoPairVerification):
+    """Video-pair verification in the YouTube Faces layout (``root/<Name>/<video>/<frames>`` + ``splits.txt``).
+
+    The splits are the folds; scoring options as in :class:`VideoPairVerification`.
+
+    Args:
+        root: ``aligned_images_DB``.
+        splits_file: The ``splits.txt``.
+        n_splits: Splits the file must have (10 for YTF); None accepts any number (small fixtures).
+        **kwargs: See :class:`VideoPairVerification`.
+    """
+
+    def __init__(self, name: str, root: str, splits_file: str, n_splits: int | None = 10, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.root = Path(root)
+        self.pairs = read_ytf_splits(splits_file, n_splits=n_splits)
+        videos, inverse = np.unique(np.asarray(self.pairs.left + self.pairs.right), return_inverse=True)
+        frames = [list_frames(self.root / v, self.frames_per_video, self.first_k) for v in videos]
+        self.paths = np.asarray([p for f in frames for p in f])
+        self._index_videos([len(f) for f in frames], inverse)
+
+
+class VideoBinVerification(VideoPairVerification):
+    """Video-pair verification on a video ``.bin`` pack (``ytf.bin`` from ``scripts/pairs_to_bin.py
+    --splits-file``), loaded with the restricted unpickler of :func:`facetrain.data.binset.load_video_bin`.
+
+    The folds are consecutive blocks in pair order (how the writer stores the splits); frames stay encoded until
+    the first evaluation decodes the used ones once into the uint8 cache. Scores equal :class:`VideoVerification`
+    on the frame folders the pack was written from.
+
+    Args:
+        path: The ``.bin`` file.
+        n_splits: Number of folds (10 for YTF).
+        **kwargs: See :class:`VideoPairVerification`.
+    """
+
+    def __init__(self, name: str, path: str, n_splits: int = 10, **kwargs: Any) -> None:
+        super().__init__(name, **kwargs)
+        self.videoset = load_video_bin(path)
+        n = len(self.videoset)
+        if not 2 <= n_splits <= n:
+            raise ValueError(f"eval.{name}.n_splits must be in [2, {n}] for the {n} pairs of {path}, got {n_splits}")
+        left, right = self.videoset.pair_videos[0::2], self.videoset.pair_videos[1::2]
+        self.pairs = PairList(
+            left=[f"{path}#video{v}" for v in left],
+            right=[f"{path}#video{v}" for v in right],
+            issame=self.videoset.issame.astype(bool),
+            folds=fold_ids(n, n_splits),
+        )
+        selected = [select_frames(len(v), self.frames_per_video, self.first_k) for v in self.videoset.videos]
+        self._frames = [(v, int(f)) for v, keep in enumerate(selected) for f in keep]
+        self.paths = np.asarray([f"{path}#video{v}/frame{f}" for v, f in self._frames])  # names for messages
+        self._index_videos([len(keep) for keep in selected], np.concatenate([left, right]))
+
+    def images(self) -> DecodedImages:
+        if self._decoded is None:
+            frames = self._frames
+            self._decoded = DecodedImages(lambda i: self.videoset.decode(*frames[i]), len(frames), self.transform)
+        if not self.cache:
+            self._decoded.cache.clear()
+        return self._decoded
 
 
 class OpenSetIdentification(EvaluationCallback):
