@@ -4,6 +4,8 @@ them, segments are reused once it has dropped them, under both torch sharing str
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import cv2
@@ -253,3 +255,19 @@ def test_spawned_workers(images: np.ndarray) -> None:
                 held.append((images_, labels))
     for images_, labels in held:
         assert_intact(images_, labels)
+
+
+def test_mappings_of_exited_workers_are_dropped_when_a_new_worker_arrives() -> None:
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()
+    dead, alive = BufferPool(slots=1), BufferPool(slots=1)
+    dead.token = (exited.pid, 1)  # a worker that has exited (its id is not reused this quickly)
+    batch, _ = receive(pooled_batch(dead))
+    del batch
+    assert dead.token in shared_batches._flags and (dead.token, 0) in shared_batches._segments
+    batch, _ = receive(pooled_batch(alive))  # a new worker registers: the exited one's mappings go
+    del batch
+    assert dead.token not in shared_batches._flags and (dead.token, 0) not in shared_batches._segments
+    assert alive.token in shared_batches._flags and (alive.token, 0) in shared_batches._segments
+    batch, _ = receive(pooled_batch(BufferPool(slots=1)))
+    assert alive.token in shared_batches._flags  # this process (the "worker" here) is alive: kept

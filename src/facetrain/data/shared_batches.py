@@ -159,7 +159,13 @@ _segments: dict[tuple[Token, int], tuple[int, np.ndarray]] = {}  # (token, slot)
 
 
 def _forget_exited_workers() -> None:
-    """Drops the mappings of worker processes that have exited (each holds a file descriptor)."""
+    """Drops the mappings of worker processes that have exited (each holds a file descriptor).
+
+    POSIX only: there ``kill(pid, 0)`` only probes, while on Windows signal 0 is CTRL_C_EVENT. Elsewhere the
+    mappings stay until the main process exits (one loader's worth per worker generation).
+    """
+    if os.name != "posix":
+        return
     for token in list(_flags):
         try:
             os.kill(token[0], 0)
