@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,15 @@ class EvaluationCallback(pl.Callback):
             return self.paths
         if self._decoded is None:
             self._decoded = DecodedImages.from_paths(self.paths, self.transform)
+        return self._decoded
+
+    def _pack_images(self, decode: Callable[[int], np.ndarray], size: int) -> DecodedImages:
+        """Images of an in-memory pack (``.bin``): decoded on first use; kept between evaluations only with ``cache``
+        (without it they are decoded again each time, as files would be re-read)."""
+        if self._decoded is None:
+            self._decoded = DecodedImages(decode, size, self.transform)
+        if not self.cache:
+            self._decoded.cache.clear()
         return self._decoded
 
     def embed(self, module: pl.LightningModule | torch.nn.Module, trainer: pl.Trainer | None = None) -> np.ndarray:
@@ -425,11 +434,7 @@ class BinVerification(VerificationCallback):
         self._left, self._right = np.arange(0, 2 * n, 2), np.arange(1, 2 * n, 2)
 
     def images(self) -> DecodedImages:
-        if self._decoded is None:
-            self._decoded = DecodedImages(self.binset.decode, 2 * len(self.binset), self.transform)
-        if not self.cache:
-            self._decoded.cache.clear()
-        return self._decoded
+        return self._pack_images(self.binset.decode, 2 * len(self.binset))
 
     def pair_scores(self, embeddings: np.ndarray) -> np.ndarray:
         return pair_scores(embeddings[self._left], embeddings[self._right], self.score)
@@ -588,12 +593,8 @@ class VideoBinVerification(VideoPairVerification):
         self._index_videos([len(keep) for keep in selected], np.concatenate([left, right]))
 
     def images(self) -> DecodedImages:
-        if self._decoded is None:
-            frames = self._frames
-            self._decoded = DecodedImages(lambda i: self.videoset.decode(*frames[i]), len(frames), self.transform)
-        if not self.cache:
-            self._decoded.cache.clear()
-        return self._decoded
+        frames = self._frames
+        return self._pack_images(lambda i: self.videoset.decode(*frames[i]), len(frames))
 
 
 class OpenSetIdentification(EvaluationCallback):
