@@ -86,12 +86,13 @@ def _fit(module: FaceRecognitionModule, max_steps: int, **trainer_kwargs: object
 
 
 def _module(
-    nan_from: int | None = None, nan_check: bool = True, skips: int = 0, **backbone: tuple[int, ...]
+    nan_from: int | None = None, nan_check: bool = True, skips: int = 0, fused: bool = False, **backbone: tuple[int, ...]
 ) -> FaceRecognitionModule:
+    """``fused=True``: the guard skips bad steps on the device (read back later); False: it reads each step's flag."""
     return FaceRecognitionModule(
         backbone=NanAfter(nan_from, **backbone),
         head=lambda **kw: ArcFaceHead(**kw, scale=16.0, nan_check=nan_check),
-        optimizer=lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4),
+        optimizer=lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4, fused=fused),
         num_classes=CLASSES,
         max_nonfinite_skips=skips,
     )
@@ -140,9 +141,13 @@ def test_training_logs_angle_statistics_and_returns_detached_cosines() -> None:
     assert bool((out["cos_nearest"] >= -1).all() and (out["cos_target"] <= 1).all())
 
 
-def test_nan_loss_raises_naming_the_step() -> None:
+FUSED = pytest.mark.parametrize("fused", [False, True], ids=["host-check", "device-skip"])
+
+
+@FUSED
+def test_nan_loss_raises_naming_the_step(fused: bool) -> None:
     with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at global step 2\b"):
-        _fit(_module(nan_from=2), max_steps=5)
+        _fit(_module(nan_from=2, fused=fused), max_steps=5)
 
 
 def test_nan_check_can_be_switched_off() -> None:
@@ -151,15 +156,17 @@ def test_nan_check_can_be_switched_off() -> None:
     assert math.isnan(float(record.outputs[-1]["loss"]))
 
 
-def test_nan_gradient_raises_naming_the_step_before_the_update() -> None:
-    module = _module(grad_nan_at=(3,))
+@FUSED
+def test_nan_gradient_raises_naming_the_step_before_the_update(fused: bool) -> None:
+    module = _module(grad_nan_at=(3,), fused=fused)
     with pytest.raises(FloatingPointError, match=r"non-finite gradient at global step 3 \(epoch 0, batch 3\)"):
         _fit(module, max_steps=6)
     assert all(bool(p.isfinite().all()) for p in module.parameters())  # the bad gradient never reached the weights
 
 
-def test_skip_mode_skips_a_bounded_number_of_batches() -> None:
-    module = _module(skips=2, nan_at=(1,), grad_nan_at=(3,))
+@FUSED
+def test_skip_mode_skips_a_bounded_number_of_batches(fused: bool) -> None:
+    module = _module(skips=2, nan_at=(1,), grad_nan_at=(3,), fused=fused)
     before: dict[str, torch.Tensor] = {}
 
     class Snapshot(pl.Callback):
@@ -177,7 +184,7 @@ def test_skip_mode_skips_a_bounded_number_of_batches() -> None:
     assert all(bool(p.isfinite().all()) for p in module.parameters())
     # The bound is a bound: a third bad batch stops the run.
     with pytest.raises(FloatingPointError, match="after skipping 2 batches"):
-        _fit(_module(skips=2, nan_at=(1, 2, 4)), max_steps=8)
+        _fit(_module(skips=2, nan_at=(1, 2, 4), fused=fused), max_steps=8)
 
 
 def test_non_finite_weights_are_never_checkpointed() -> None:
@@ -192,3 +199,62 @@ def test_non_finite_weights_are_never_checkpointed() -> None:
 def test_max_nonfinite_skips_is_validated() -> None:
     with pytest.raises(ValueError, match="model.max_nonfinite_skips must be an integer >= 0, got -1"):
         _module(skips=-1)
+
+
+class Snapshots(pl.Callback):
+    """Weights and SGD momentum before and after every batch."""
+
+    def __init__(self) -> None:
+        self.before: list[list[torch.Tensor]] = []
+        self.after: list[list[torch.Tensor]] = []
+
+    @staticmethod
+    def _state(trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[torch.Tensor]:
+        optimizer = trainer.optimizers[0]
+        momenta = [optimizer.state[p]["momentum_buffer"] for p in pl_module.parameters() if p in optimizer.state]
+        return [t.detach().clone() for t in [*pl_module.parameters(), *momenta]]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self.before.append(self._state(trainer, pl_module))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.after.append(self._state(trainer, pl_module))
+
+
+def test_device_skip_leaves_weights_and_momentum_untouched_and_stops_at_the_next_logging_step() -> None:
+    # Gradient NaN at step 2 only; log_every_n_steps=4, so the host reads the flag at step 3 (the first logging step).
+    module, snaps = _module(grad_nan_at=(2,), fused=True), Snapshots()
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at global step 2 \(epoch 0, batch 2\)"):
+        _fit(module, max_steps=8, log_every_n_steps=4, callbacks=[snaps])
+    assert len(snaps.before) == 4  # steps 0-3 ran: the flag stayed on the device until the logging step 3
+    for before, after in zip(snaps.before[2], snaps.after[2]):
+        assert torch.equal(before, after)  # step 2 changed neither a weight nor a momentum buffer
+    assert any(not torch.equal(b, a) for b, a in zip(snaps.before[1], snaps.after[1]))  # the others did update
+    assert all(bool(p.isfinite().all()) for p in module.parameters())
+
+
+def test_a_pending_non_finite_step_blocks_the_checkpoint() -> None:
+    module = _module(grad_nan_at=(2,), fused=True)
+
+    class SaveAtStep3(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+            if batch_idx == 3:  # after the bad step 2, before any logging step read its flag
+                pl_module.on_save_checkpoint({})
+
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at global step 2\b"):
+        _fit(module, max_steps=8, log_every_n_steps=50, callbacks=[SaveAtStep3()])
+
+
+def test_first_update_checks_on_the_host_so_fused_sgd_never_keeps_uninitialised_momentum() -> None:
+    # A fused SGD step skipped through found_inf before any momentum exists would keep torch.empty memory as the
+    # momentum (torch allocates it, then the kernel returns early). The guard therefore skips that step on the host,
+    # and the run equals the host-checked (non-fused) one.
+    torch.manual_seed(0)
+    fused = _module(skips=1, nan_at=(0,), fused=True)
+    torch.manual_seed(0)
+    plain = _module(skips=1, nan_at=(0,), fused=False)
+    _fit(fused, max_steps=4)
+    _fit(plain, max_steps=4)
+    assert int(fused.nonfinite_skipped) == int(plain.nonfinite_skipped) == 1
+    for a, b in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -4,8 +4,9 @@
 the target logit s·margin(cos θ) of the configured head against θ ∈ [0°, 180°], with the plain s·cos θ for reference,
 logs it to TensorBoard as ``head/target_logit`` and saves ``target_logit.png`` in the run directory. During every
 training epoch it keeps a bounded uniform sample of the target angle θ_y and of the nearest non-target angle
-(taken from the ``cos_target`` / ``cos_nearest`` entries that ``FaceRecognitionModule.training_step`` returns) and
-logs both as TensorBoard histograms at the end of the epoch.
+(taken from the ``cos_target`` / ``cos_nearest`` entries that ``FaceRecognitionModule.training_step`` returns at its
+logging steps, every ``trainer.log_every_n_steps``: the other steps read nothing back from the device) and logs both
+as TensorBoard histograms at the end of the epoch.
 
 It only reads detached tensors and uses its own random generator, so a run with or without it trains identically.
 """

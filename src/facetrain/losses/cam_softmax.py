@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 
@@ -265,6 +265,9 @@ class CamSoftmaxHead(CosineHead):
         self.c_policy = policy
         self.register_buffer("c", torch.tensor(float(initial), dtype=torch.float64))
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        # A host copy of ``step``: the schedule is a Python function of the step, and reading the buffer back from an
+        # accelerator every step would stall the host. Kept equal to the buffer on load (_load_from_state_dict).
+        self._host_step = 0
         self.adaptive = adaptive
         if adaptive:
             self.register_buffer("theta_ema", torch.tensor(float(initial), dtype=torch.float64))
@@ -283,7 +286,8 @@ class CamSoftmaxHead(CosineHead):
 
     def margin(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Applies the cam-softmax activation with the current c to the target cosines (no side effects)."""
-        return cam_softmax_logits(cos, labels, self.c)
+        # c was range-checked when it was written (on_optimizer_step), so the forward reads nothing back.
+        return cam_softmax_logits(cos, labels, self.c, validate=False)
 
     @torch.no_grad()
     def _adaptive_step(self) -> None:
@@ -298,13 +302,20 @@ class CamSoftmaxHead(CosineHead):
     def on_optimizer_step(self) -> None:
         """Advances the step counter and sets c to the policy's value for it (or lets an adaptive policy update it)."""
         self.step.add_(1)
+        self._host_step += 1
         if self.adaptive:
             self._adaptive_step()
             return
-        value = self.c_policy.value(int(self.step))
+        value = self.c_policy.value(self._host_step)
         # The forward does not read c back from the device, so the range check has to happen when c is written.
-        _check_c(f"cam-softmax c_policy.value({int(self.step)}) of {self.c_policy!r}", value)
+        _check_c(f"cam-softmax c_policy.value({self._host_step}) of {self.c_policy!r}", value)
         self.c.fill_(value)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        step = state_dict.get(prefix + "step")
+        if isinstance(step, torch.Tensor):  # a resumed run continues the schedule from the stored step (one read)
+            self._host_step = int(step)
 
     def log_values(self) -> dict[str, torch.Tensor]:
         """Logs c as ``cam_c`` (a copy: the buffer is updated in place); adaptive policies add the EMA ``cam_theta``."""

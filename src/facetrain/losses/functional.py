@@ -210,7 +210,7 @@ def _check_cam_c(c: float, upper: float = math.pi / 2) -> None:
         raise ValueError(f"cam-softmax c must be in (0, pi/2] (pi/2 = {upper!r}), got {c!r}")
 
 
-def _cam_exponent(c: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+def _cam_exponent(c: float | torch.Tensor, device: torch.device, validate: bool = True) -> torch.Tensor:
     """c′ = 1 / (1 − log2(cos c + 1)) as a float64 0-d tensor on ``device``, validating c where that is free."""
     if isinstance(c, torch.Tensor):
         # c is a scheduled hyper-parameter, not a learned one: detaching keeps u^c′ free of the ∂/∂c′ = u^c′·ln u term,
@@ -219,7 +219,7 @@ def _cam_exponent(c: float | torch.Tensor, device: torch.device) -> torch.Tensor
         # Reading an accelerator tensor would stall the host on every forward; the heads validate the c values they
         # write into their buffers, so only host tensors are checked here. π/2 rounded to c's dtype is the bound:
         # float32(π/2) lies just above the float64 value.
-        if c.device.type == "cpu":
+        if validate and c.device.type == "cpu":
             _check_cam_c(float(c), float(torch.tensor(math.pi / 2, dtype=c.dtype)))
         c = c.to(device=device, dtype=torch.float64)
     else:
@@ -234,7 +234,9 @@ def _cam_exponent(c: float | torch.Tensor, device: torch.device) -> torch.Tensor
     return exponent.clamp_min(1.0)
 
 
-def cam_softmax_logits(cos: torch.Tensor, labels: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
+def cam_softmax_logits(
+    cos: torch.Tensor, labels: torch.Tensor, c: float | torch.Tensor, validate: bool = True
+) -> torch.Tensor:
     """Cam-softmax target activation f(cos) = 2·((cos + 1)/2)^c′ − 1, c′ = 1/(1 − log2(cos c + 1)).
 
     Suveges & McKenna, ICPR 2020; the formula is taken from the official code (``src/cam_loss.py``, where it reads
@@ -248,6 +250,8 @@ def cam_softmax_logits(cos: torch.Tensor, labels: torch.Tensor, c: float | torch
         cos: Cosine matrix (B×C).
         labels: Class labels (B,).
         c: Angle in (0, π/2] mapped to a zero target logit (python float or 0-d tensor).
+        validate: False skips the range check of a tensor ``c`` (its host read). For callers that validate c when
+            they write it, such as :class:`~facetrain.losses.cam_softmax.CamSoftmaxHead` on its training hot path.
 
     Returns:
         Copy of ``cos`` with the target entries replaced (not scaled).
@@ -256,7 +260,7 @@ def cam_softmax_logits(cos: torch.Tensor, labels: torch.Tensor, c: float | torch
         ValueError: If c is outside (0, π/2] (checked for python numbers and CPU tensors; a tensor on an accelerator
             is not read back, to avoid a device sync per call).
     """
-    exponent = _cam_exponent(c, cos.device)
+    exponent = _cam_exponent(c, cos.device, validate)
 
     def transform(t: torch.Tensor) -> torch.Tensor:
         # t is clamped to [-1, 1], so the base is in [0, 1]; with c′ >= 1 both u^c′ and c′·u^(c′−1) are finite at

@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from facetrain.losses.base import FaceHead, HeadOutput
+from facetrain.training.nonfinite import NonfiniteEvents, nonfinite_flag, skips_on_device
 from facetrain.utils.schema import Constraint, Interval
 
 HeadFactory = Callable[..., nn.Module]
@@ -99,8 +100,9 @@ class FaceRecognitionModule(pl.LightningModule):
         max_nonfinite_skips: What to do when the head's ``nan_check`` (``loss.nan_check``, on by default) finds a
             NaN/Inf loss or gradient: 0 stops with ``FloatingPointError`` naming the global step; N > 0 skips up to N
             such batches over the whole run (no weight update; the LR and head schedules still advance), for fp16
-            users whose loss scaler occasionally overflows, and stops at the (N+1)-th. Skipping a batch relies on
-            Lightning's "training_step returned None", which is not supported under DDP; there, keep 0.
+            users whose loss scaler occasionally overflows, and stops at the (N+1)-th. With a fused optimizer the
+            flag stays on the device and is read at the next logging step (:meth:`on_before_optimizer_step`); under
+            DDP it is the maximum over the ranks, so every rank skips the same steps.
 
     Non-finite weights are never checkpointed: :meth:`on_save_checkpoint` refuses them, so the last good checkpoint
     survives a divergence.
@@ -128,6 +130,11 @@ class FaceRecognitionModule(pl.LightningModule):
             raise ValueError(f"model.max_nonfinite_skips must be an integer >= 0, got {max_nonfinite_skips!r}")
         self.max_nonfinite_skips = max_nonfinite_skips
         self._batch_idx = -1
+        # The non-finite guard's device-side state (facetrain.training.nonfinite); transient, drained before saving.
+        self._loss: torch.Tensor | None = None
+        self._nonfinite_events = NonfiniteEvents()
+        self._host_updates = 0
+        self.progress_values: dict[str, float] = {}  # shown in the progress bar (ProgressBarValues)
         # A buffer so that a resumed run keeps counting towards the same bound.
         self.register_buffer("nonfinite_skipped", torch.zeros((), dtype=torch.long))
         # Set by the train task; stored in every checkpoint as plain data so a run can be rebuilt from it.
@@ -141,31 +148,87 @@ class FaceRecognitionModule(pl.LightningModule):
         """Raw embeddings for evaluation; callers normalise (after optional flip fusion)."""
         return self.backbone(images)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor] | None:
-        """Loss of one batch, plus the detached target and nearest non-target cosines for callbacks.
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Loss of one batch; at logging steps also the metrics and the detached target / nearest cosines.
+
+        Nothing here reads a device value on the host except at logging steps (``trainer.log_every_n_steps``): on a
+        GPU every such read stalls the host until the device has drained its queue. The non-finite check therefore
+        keeps its flag on the device (see :meth:`on_before_optimizer_step`).
 
         Returns:
-            ``{"loss", "cos_target", "cos_nearest"}``; Lightning optimises ``loss`` and hands the whole dict to
-            ``Callback.on_train_batch_end`` (the angle histograms of ``facetrain.evaluation.head_curves``).
+            ``{"loss"}``, plus ``"cos_target"`` and ``"cos_nearest"`` at logging steps; Lightning optimises ``loss`` and
+            hands the whole dict to ``Callback.on_train_batch_end`` (the angle histograms of
+            ``facetrain.evaluation.head_curves`` sample the logging steps).
         """
         images, labels = batch
         self._batch_idx = batch_idx
         out: HeadOutput = self.head(self.backbone(images), labels)
-        if self.head.nan_check and not bool(torch.isfinite(out.loss.detach())):
-            self._nonfinite(f"training loss {float(out.loss.detach())}", batch_idx)
-            return None  # skip mode: Lightning skips backward and the optimizer step of this batch
+        if self.head.nan_check:
+            self._loss = out.loss.detach()  # combined with the gradients' flag before the optimizer step
+        if not self.is_logging_step():
+            return {"loss": out.loss}
+        self._raise_pending_nonfinite()
         with torch.no_grad():
             cos_target, cos_nearest = target_and_nearest_cosines(out.cosine.detach(), labels)
         self._log_step(out, labels, cos_target, cos_nearest)
         return {"loss": out.loss, "cos_target": cos_target, "cos_nearest": cos_nearest}
 
-    def _nonfinite(self, what: str, batch_idx: int) -> None:
+    def is_logging_step(self) -> bool:
+        """Whether this training step logs (Lightning writes the logs of every ``trainer.log_every_n_steps``-th step).
+
+        Outside a fit (a bare module) every step logs.
+        """
+        trainer = self._trainer
+        if trainer is None:
+            return True
+        return (self.global_step + 1) % max(1, int(trainer.log_every_n_steps)) == 0
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Keeps a non-finite loss or gradient (checked after AMP unscaling) away from the weights and optimizer state.
+
+        With a fused optimizer (``optimizer.fused=true``, the default configs) the check costs no host read: one
+        device flag (loss or any gradient NaN/Inf, the maximum over DDP ranks) is handed to the fused kernel as
+        ``found_inf``, which then leaves the weights and the optimizer state untouched, exactly as AMP's GradScaler
+        skips an overflowing step. The flag is read on the host at the next logging step, epoch end or checkpoint,
+        which stops the run naming the first bad step (or counts it against ``max_nonfinite_skips``). Other
+        optimizers, and the first step of a run (fused SGD cannot skip the step that creates its momentum), read the
+        flag on the host at once.
+        """
+        if not self.head.nan_check:
+            return
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        loss = self._loss if self._loss is not None else torch.zeros((), device=self.device)
+        found = nonfinite_flag(loss, grads)
+        self._loss = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            if torch.distributed.get_world_size() > 1:  # every rank must take the same decision
+                torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MAX)
+        if skips_on_device(optimizer) and self._host_updates > 0:
+            optimizer.found_inf = found
+            self._nonfinite_events.record(found, loss, self.global_step, self.current_epoch, self._batch_idx)
+            return
+        if not bool(found):
+            self._host_updates += 1  # an update that created the optimizer state: the device path may follow
+            return
+        what = "gradient" if bool(loss.isfinite()) else f"training loss {float(loss)}"
+        self._nonfinite(what, self._batch_idx)
+        for group in optimizer.param_groups:  # skip mode: no update at all (SGD/AdamW skip params without grad)
+            for param in group["params"]:
+                param.grad = None
+
+    def _raise_pending_nonfinite(self) -> None:
+        """Reads the device-side non-finite record (one host read): warns about skipped batches, or stops."""
+        for event in self._nonfinite_events.drain():
+            self._nonfinite(event.what, event.batch_idx, event.global_step, event.epoch)
+
+    def _nonfinite(self, what: str, batch_idx: int, global_step: int | None = None, epoch: int | None = None) -> None:
         """Stops (raises) or, in skip mode and under the bound, counts the skipped batch and warns.
 
         Failing at the first bad step names where it happened; otherwise NaN weights silently poison every later
         step and the checkpoint, and the run only shows a flat chance-level accuracy.
         """
-        where = f"global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        step = self.global_step if global_step is None else global_step
+        where = f"global step {step} (epoch {self.current_epoch if epoch is None else epoch}, batch {batch_idx})"
         if int(self.nonfinite_skipped) < self.max_nonfinite_skips:
             self.nonfinite_skipped += 1
             log.warning(
@@ -183,17 +246,6 @@ class FaceRecognitionModule(pl.LightningModule):
             "to N such batches, or loss.nan_check=false to continue anyway"
         )
 
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Checks the gradients (after AMP unscaling) before they reach the weights."""
-        if not self.head.nan_check:
-            return
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack([g.detach().abs().amax() for g in grads]).isfinite().all()):
-            self._nonfinite("gradient", self._batch_idx)
-            for group in optimizer.param_groups:  # skip mode: no update at all (SGD/AdamW skip params without grad)
-                for param in group["params"]:
-                    param.grad = None
-
     @torch.no_grad()
     def _log_step(
         self, out: HeadOutput, labels: torch.Tensor, cos_target: torch.Tensor, cos_nearest: torch.Tensor
@@ -202,17 +254,29 @@ class FaceRecognitionModule(pl.LightningModule):
         values = {
             "train/loss": out.loss.detach(),
             "train/acc": (out.cosine.argmax(dim=1) == labels).float().mean(),
-            "train/lr": torch.tensor(self.trainer.optimizers[0].param_groups[0]["lr"]),
+            "train/lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
         }
         values.update({f"train/{k}": v for k, v in angle_stats(cos_target, cos_nearest).items()})
         values.update({f"train/{k}": v.detach().float() for k, v in self.head.log_values().items()})
         self.log_dict(values, prog_bar=False, batch_size=labels.shape[0])
-        self.log("loss", values["train/loss"], prog_bar=True, logger=False, batch_size=labels.shape[0])
+        # Not logged with prog_bar=True: Lightning would read that value back after every batch. The progress bar
+        # shows this host copy instead (facetrain.training.progress.ProgressBarValues); a logging step reads anyway.
+        self.progress_values = {"loss": round(float(values["train/loss"]), 4)}
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Callable[[], Any] | None = None
+    ) -> None:
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # The flag belongs to this step only (GradScaler removes its own the same way).
+        vars(getattr(optimizer, "optimizer", optimizer)).pop("found_inf", None)
         # Per-step head schedules (cam-softmax's c, SphereFace's lambda) advance once per optimizer step.
         self.head.on_optimizer_step()
+
+    def on_train_epoch_end(self) -> None:
+        self._raise_pending_nonfinite()
+
+    def on_train_end(self) -> None:
+        self._raise_pending_nonfinite()
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
@@ -222,6 +286,7 @@ class FaceRecognitionModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._raise_pending_nonfinite()  # a run that should have stopped writes no checkpoint
         bad = [name for name, t in self.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
         if bad:  # never replace a good checkpoint with a diverged model
             raise FloatingPointError(
