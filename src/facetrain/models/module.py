@@ -200,9 +200,9 @@ class FaceRecognitionModule(pl.LightningModule):
         loss = self._loss if self._loss is not None else torch.zeros((), device=self.device)
         found = nonfinite_flag(loss, grads)
         self._loss = None
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            if torch.distributed.get_world_size() > 1:  # every rank must take the same decision
-                torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MAX)
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed and torch.distributed.get_world_size() > 1:  # every rank must take the same decision
+            torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MAX)
         if skips_on_device(optimizer) and self._host_updates > 0:
             optimizer.found_inf = found
             self._nonfinite_events.record(found, loss, self.global_step, self.current_epoch, self._batch_idx)
