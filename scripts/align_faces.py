@@ -7,14 +7,21 @@ Usage::
     python scripts/align_faces.py --landmarks train.lst --root /data/CASIA-WebFace \\
         --strip-prefix /raid5data/dplearn/CASIA-WebFace --out /data/casia-112x96 --size 112x96
 
-Landmark files (see ``facetrain.data.align``): CSV ``path,x1,y1,...,x5,y5`` (header optional) or InsightFace
-``.lst`` (``aligned, path, label, bbox x4, x1..x5, y1..y5``; tab-separated). Listed paths are relative to
-``--root`` (absolute paths must lie under ``--root``, or start with ``--strip-prefix``); each aligned image is
-written to the same relative path under ``--out``, so identity folders are kept.
+Landmark files (see ``facetrain.data.align``): CSV ``path,x1,y1,...,x5,y5`` (a header line is optional and
+recognised by its column names) or InsightFace ``.lst`` (``aligned, path, label, bbox x4, x1..x5, y1..y5``;
+tab-separated). The five points are, in this order: left eye, right eye, nose tip, left mouth corner, right mouth
+corner, where "left" is the image's left (the person's right eye), as InsightFace's detectors output them. They are
+pixel positions in the image as displayed, i.e. after its EXIF orientation is applied (OpenCV and the usual
+detectors read images that way; a detector that ignores EXIF gives points in another frame for rotated phone
+photos). Listed paths are relative to ``--root`` (absolute paths must lie under ``--root``, or start with
+``--strip-prefix``); each aligned image is written to the same relative path under ``--out``, so identity folders
+are kept.
 
-Every entry that cannot be aligned (wrong column count, non-numeric or degenerate landmarks, missing or unreadable
-file, duplicate path) is listed with its line number in ``<out>/failed.txt`` and counted in the summary; nothing is
-dropped silently. The exit code is 1 if anything failed, unless ``--allow-failures``.
+Every entry that cannot be aligned (wrong column count, empty, non-numeric or degenerate landmarks, missing,
+unreadable or damaged image file, duplicate path) is listed with its line number in ``<out>/failed.txt`` and
+counted in the summary; nothing is dropped silently. An image whose data is damaged in the middle (the decoder
+warns, e.g. "Corrupt JPEG data") is refused rather than aligned into a half-grey crop. The exit code is 1 if
+anything failed, unless ``--allow-failures``.
 """
 
 from __future__ import annotations
@@ -78,8 +85,18 @@ def _map(jobs: Sequence[AlignJob], workers: int) -> Iterable[tuple[int, str, str
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--landmarks", required=True, type=Path, help="CSV (path,x1,y1,...,x5,y5) or InsightFace .lst")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Landmark order: left eye, right eye, nose, left mouth corner, right mouth corner, where left is the "
+        "image's left (the person's right eye); (x, y) in pixels of the image as displayed, after its EXIF "
+        "orientation is applied.",
+    )
+    parser.add_argument(
+        "--landmarks",
+        required=True,
+        type=Path,
+        help="CSV (path,x1,y1,...,x5,y5; header optional, recognised by its names) or InsightFace .lst",
+    )
     parser.add_argument("--root", required=True, type=Path, help="directory the listed image paths are relative to")
     parser.add_argument("--out", required=True, type=Path, help="output directory (same relative paths)")
     parser.add_argument("--size", default="112x112", choices=sorted(TEMPLATES), help="template, height x width")

@@ -22,6 +22,7 @@ from facetrain.data.align import (
     similarity_transform,
 )
 from tests.conftest import ROOT
+from tests.unit.test_images import damage_jpeg_middle, face_like_image
 
 
 def similarity(scale: float, degrees: float, tx: float, ty: float) -> np.ndarray:
@@ -208,3 +209,64 @@ def test_align_faces_script_lst_with_prefix(tmp_path: Path, align_script: Module
     expected = align_face(cv2.imread(str(root / "0000045/001.jpg")), landmarks, "112x112")
     assert aligned.shape == (112, 112, 3) and np.abs(aligned.astype(int) - expected).mean() < 2
     assert (out / "failed.txt").read_text().startswith("# 0 entries")
+
+
+# --- landmark files and photos as they circulate ---------------------------------------------------------------
+
+
+def test_headerless_csv_whose_first_row_has_no_face_is_reported(tmp_path: Path) -> None:
+    row = ",".join(f"{v:.4f}" for v in ARCFACE_112x112.ravel())
+    marks = tmp_path / "marks.csv"
+    marks.write_text(f"img.jpg,,,,,,,,,,\nb.jpg,{row}\nc.jpg,1,2,,4,5,6,7,8,9,10\n")
+    items = list(parse_landmarks(marks))
+    assert [type(i) for i in items] == [RowError, LandmarkRow, RowError]  # the first row is a row, not a header
+    assert items[0].lineno == 1 and items[0].path == "img.jpg" and "no landmarks" in items[0].reason
+    assert items[2].lineno == 3 and "1 of 10 landmark values empty" in items[2].reason
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5", "image,le_x,le_y,re_x,re_y,n_x,n_y,lm_x,lm_y,rm_x,rm_y"],
+)
+def test_csv_header_is_recognised_by_its_names_with_bom_and_crlf(tmp_path: Path, header: str) -> None:
+    row = ",".join(f"{v:.4f}" for v in ARCFACE_112x112.ravel())
+    marks = tmp_path / "marks.csv"
+    marks.write_bytes(b"\xef\xbb\xbf" + f"{header}\r\na.jpg,{row}\r\nb.jpg,{row}\r\n".encode())
+    items = list(parse_landmarks(marks))
+    assert [(type(i), i.lineno, i.path) for i in items] == [(LandmarkRow, 2, "a.jpg"), (LandmarkRow, 3, "b.jpg")]
+    # A first row with numbers in it is data, even if some values are not (reported, not taken for a header).
+    marks.write_text(f"a.jpg,{row.replace('38.2946', 'x')}\nb.jpg,{row}\n")
+    items = list(parse_landmarks(marks))
+    assert isinstance(items[0], RowError) and items[0].lineno == 1 and "non-numeric" in items[0].reason
+
+
+def test_align_script_reports_every_row_and_refuses_a_damaged_jpeg(
+    tmp_path: Path, align_script: ModuleType, capsys
+) -> None:
+    root, out = tmp_path / "raw", tmp_path / "aligned"
+    landmarks = apply(similarity(1.5, -10, 40, 50), ARCFACE_112x112)
+    photo = cv2.resize(face_like_image(64), (250, 250))
+    root.mkdir()
+    cv2.imwrite(str(root / "good.jpg"), photo, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    (root / "damaged.jpg").write_bytes(damage_jpeg_middle((root / "good.jpg").read_bytes()))
+    assert cv2.imread(str(root / "damaged.jpg")) is not None  # OpenCV alone would align it, half grey
+    row = ",".join(str(v) for v in landmarks.ravel())
+    marks = tmp_path / "marks.csv"
+    marks.write_text(f"img.jpg,,,,,,,,,,\ngood.jpg,{row}\ndamaged.jpg,{row}\n")  # header-less, no face in row 1
+    args = ["--landmarks", str(marks), "--root", str(root), "--out", str(out), "--quiet"]
+    assert align_script.main(args) == 1
+    summary = capsys.readouterr().out
+    assert "aligned 1 of 3 entries" in summary and "2 failed" in summary
+    failed = (out / "failed.txt").read_text().splitlines()
+    reasons = {int(line.split("\t")[0]): line.split("\t")[2] for line in failed[1:]}
+    assert sorted(reasons) == [1, 3]
+    assert "no landmarks" in reasons[1] and "Corrupt JPEG data" in reasons[3]
+    assert (out / "good.jpg").is_file() and not (out / "damaged.jpg").exists()
+
+
+def test_align_script_help_states_landmark_order_and_frame(align_script: ModuleType, capsys) -> None:
+    with pytest.raises(SystemExit):
+        align_script.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "left eye, right eye, nose, left mouth corner, right mouth corner" in text
+    assert "the image's left (the person's right eye)" in text and "EXIF orientation is applied" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import importlib.util
+import logging
 import os
 import pickle
 import struct
@@ -311,10 +312,49 @@ def test_ytf_tree_to_video_bin_is_lossless(tmp_path: Path) -> None:
 
     uneven = [(1, 1, "Ann/0", "Ann/1", 1), (2, 1, "Ann/0", "Bo/3", 0), (2, 2, "Bo/3", "Bo/3", 1)]
     write_ytf_splits(tmp_path / "uneven.txt", uneven)
-    with pytest.raises(ValueError, match=r"split sizes \[1, 2\] are not the consecutive blocks \[2, 1\]"):
+    # Splits of unequal size are refused by the splits reader itself (every split the same size, half same).
+    with pytest.raises(ValueError, match=r"uneven\.txt:2: split 1 ends here with 1 pairs \(1 same, 0 different\)"):
         ytf_splits_to_bin(tmp_path / "db", tmp_path / "uneven.txt", tmp_path / "u.bin", n_splits=2)
     (tmp_path / "db" / "Cy/2" / "aligned_detect_2.3.jpg").unlink()
     (tmp_path / "db" / "Cy/2" / "aligned_detect_2.1.jpg").unlink()
     with pytest.raises(FileNotFoundError, match="Cy/2' holds no frame images"):
         ytf_splits_to_bin(tmp_path / "db", tmp_path / "splits.txt", tmp_path / "x.bin", n_splits=2)
     assert not (tmp_path / "x.bin").exists()
+
+
+# --- images that are not the evaluation size -------------------------------------------------------------------
+
+
+def test_odd_sized_images_are_resized_like_insightface(tmp_path: Path, bins: list[bytes], caplog) -> None:
+    big = jpeg(100, size=32)  # same aspect ratio, twice the size: InsightFace's load_bin resizes it
+    png = cv2.imencode(".png", np.random.default_rng(7).integers(0, 256, (24, 24, 3), dtype=np.uint8))[1].tobytes()
+    items = [*bins[:3], big, bins[4], png]
+    with caplog.at_level(logging.WARNING, logger="facetrain.data.binset"):
+        ds = load_bin(dump(tmp_path / "odd.bin", (items, ISSAME)))
+    (message,) = [r.getMessage() for r in caplog.records]  # counted once, when the pack is loaded
+    assert "odd.bin: 2 of 6 images are not 16x16 (the first is image 3, 32x32)" in message
+    assert ds.image_size == (16, 16)
+    raw = cv2.cvtColor(cv2.imdecode(np.frombuffer(big, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    np.testing.assert_array_equal(ds.decode(3), cv2.resize(raw, (16, 16), interpolation=cv2.INTER_CUBIC))
+    np.testing.assert_array_equal(ds.decode(0), load_bin(dump(tmp_path / "ok.bin", (bins, ISSAME))).decode(0))
+    data = ds.as_dataset()
+    assert torch.stack([data[i] for i in range(len(data))]).shape == (6, 3, 16, 16)  # what failed after epoch 1
+    # An explicit evaluation size resizes every other image (InsightFace's image_size argument).
+    assert load_bin(tmp_path / "odd.bin", image_size=(32, 32)).decode(0).shape == (32, 32, 3)
+
+
+def test_image_of_another_aspect_ratio_is_refused_naming_pack_and_index(tmp_path: Path, bins: list[bytes]) -> None:
+    wide = cv2.imencode(".jpg", np.zeros((16, 24, 3), np.uint8))[1].tobytes()
+    path = dump(tmp_path / "wide.bin", ([*bins[:3], wide, *bins[4:]], ISSAME))
+    with pytest.raises(BinFormatError, match=r"wide\.bin: image 3 \(pair 1\) is 24x16 .* pack's images are 16x16"):
+        load_bin(path)
+
+
+def test_size_the_header_does_not_tell_is_fixed_at_decode(tmp_path: Path, bins: list[bytes]) -> None:
+    # BMP sizes are not read from the header at load; decoding still returns the pack's size, or names the image.
+    bmp = cv2.imencode(".bmp", np.full((32, 32, 3), 90, np.uint8))[1].tobytes()
+    odd = cv2.imencode(".bmp", np.full((16, 20, 3), 90, np.uint8))[1].tobytes()
+    ds = load_bin(dump(tmp_path / "bmp.bin", ([*bins[:4], bmp, odd], ISSAME)))
+    assert ds.decode(4).shape == (16, 16, 3) and int(ds.decode(4).mean()) == 90
+    with pytest.raises(BinFormatError, match=r"bmp\.bin: image 5 \(pair 2\) is 20x16"):
+        ds.decode(5)

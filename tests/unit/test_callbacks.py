@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -131,6 +132,26 @@ def test_bin_pack_gives_the_same_results_as_the_image_tree(lfw: Path, tmp_path: 
         assert all(a.dtype == np.uint8 for a in callback.images().cache.values())
     with pytest.raises(ValueError, match=r"eval\.lfw\.n_folds must be in \[2, 8\]"):
         BinVerification("lfw", path=str(pack))
+
+
+def test_bin_pack_with_an_odd_sized_image_evaluates(lfw: Path, tmp_path: Path) -> None:
+    # A pack image that is not the evaluation size used to fail only at the first evaluation, with torch's
+    # "stack expects each tensor to be equal size"; it is now resized when decoded, as InsightFace does.
+    pack = tmp_path / "lfw.bin"
+    lfw_pairs_to_bin(lfw / "lfw", lfw / "pairs.txt", pack, ext="png", show_progress=False)
+    images, issame = pickle.loads(pack.read_bytes())
+    image = cv2.imdecode(np.frombuffer(images[5], np.uint8), cv2.IMREAD_COLOR)
+    images[5] = cv2.imencode(".png", cv2.resize(image, (16, 16), interpolation=cv2.INTER_NEAREST))[1].tobytes()
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(pickle.dumps((images, issame)))
+    reference = _pairs(lfw, tmp_path)
+    tree = reference.evaluate(HalvesModel())
+    callback = BinVerification("lfw", path=str(odd), n_folds=2, dirpath=str(tmp_path))
+    assert callback.binset.image_size == (8, 8)
+    results = callback.evaluate(HalvesModel())
+    assert results["lfw/acc"] == tree["lfw/acc"] == 1.0
+    # Bicubic resizing back to 8x8 blurs the one column where the two halves meet: scores move only slightly.
+    np.testing.assert_allclose(callback.report["scores"], reference.report["scores"], atol=0.01)
 
 
 def test_eval_images_are_decoded_once_per_run(lfw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,6 +22,7 @@ from facetrain.data.images import GpuAugment, IndexedDataset, LabelledImages, Ui
 from facetrain.data.index import PathTable
 from facetrain.data.sampler import EpochSeeded, ResumableSampler
 from facetrain.utils.instantiate import instantiate
+from tests.unit.test_images import damage_jpeg_middle
 
 # CASIA-WebFace layout: 7-digit identity folders, 3-digit images; two ids of SphereFace's LFW-overlap list
 IDENTITIES = {"0000045": 4, "0000099": 4, "0000100": 3, "0166921": 3, "1193098": 2}
@@ -119,6 +120,17 @@ def test_bad_images_error_names_the_file_before_training(casia: Path, tmp_path: 
     with pytest.raises(OSError, match="2 unreadable training image") as info:
         dm.num_classes  # noqa: B018 - the first access scans and checks
     assert str(truncated) in str(info.value) and "data.on_bad_image=skip" in str(info.value)
+
+
+def test_jpeg_damaged_in_the_middle_is_caught_by_the_decode_check(casia: Path, tmp_path: Path) -> None:
+    damaged = casia / "0000099" / "002.jpg"
+    damaged.write_bytes(damage_jpeg_middle(damaged.read_bytes()))
+    assert make(casia, tmp_path, verify_images="header").num_images == 16  # markers intact: the quick check passes
+    with pytest.raises(OSError, match="1 unreadable training image.*Corrupt JPEG data") as info:
+        make(casia, tmp_path, verify_images="decode").num_classes  # noqa: B018 - the first access scans and checks
+    assert str(damaged) in str(info.value)
+    dm = make(casia, tmp_path, verify_images="decode", on_bad_image="skip")
+    assert dm.num_images == 15 and str(damaged) in (tmp_path / "run" / "bad_images.txt").read_text()
 
 
 def test_bad_images_skip_counts_lists_and_warns_once(casia: Path, tmp_path: Path, caplog) -> None:

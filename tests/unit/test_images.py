@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import albumentations as A
@@ -13,6 +14,7 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import default_collate
 
+from facetrain.data import images
 from facetrain.data.images import (
     CenterCropResize,
     CollatedBatch,
@@ -22,6 +24,7 @@ from facetrain.data.images import (
     Uint8CHW,
     bytes_problem,
     collate_batch,
+    decode_checked,
     find_bad_images,
     find_normalize,
     gpu_augment,
@@ -40,6 +43,29 @@ def write_image(path: Path, rgb: np.ndarray, ext: str = ".jpg") -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buf.tobytes())
     return buf.tobytes()
+
+
+def face_like_image(size: int = 64, seed: int = 0) -> np.ndarray:
+    """A smooth RGB image (gradients + blurred noise), the kind of content a face crop has."""
+    y, x = np.mgrid[0:size, 0:size]
+    image = np.stack([x * 255 // size, y * 255 // size, (x + y) * 255 // (2 * size)], axis=-1).astype(np.uint8)
+    noise = np.random.default_rng(seed).integers(0, 60, image.shape, dtype=np.uint8)
+    return cv2.GaussianBlur(image + noise, (5, 5), 0)
+
+
+def damage_jpeg_middle(data: bytes) -> bytes:
+    """A JPEG damaged in the middle: a run of 16 bytes halfway through its entropy-coded data overwritten, the start
+    and end markers intact (what a bad sector or a broken transfer leaves).
+
+    The run is fill bytes and a bogus marker, a damage libjpeg notices and, as it happens in the wild, only warns
+    about ("Corrupt JPEG data: premature end of data segment") while OpenCV returns an image grey from there on. A
+    run that happens to decode (e.g. zeros on a small image) gives no decoder anything to report.
+    """
+    sos = data.index(b"\xff\xda")
+    scan = sos + 2 + int.from_bytes(data[sos + 2 : sos + 4], "big")  # the entropy-coded data starts here
+    middle = (scan + len(data) - 2) // 2
+    run = b"\xff" * 15 + b"\x55"
+    return data[:middle] + run + data[middle + len(run) :]
 
 
 def red_image(size: int = 32) -> np.ndarray:
@@ -119,6 +145,42 @@ def test_header_and_decode_checks(files: dict[str, Path]) -> None:
     assert find_bad_images(paths, "none") == []
     with pytest.raises(ValueError, match="data.verify_images"):
         find_bad_images(paths, "full")
+
+
+def test_jpeg_damaged_in_the_middle_is_found_by_the_decode_check(tmp_path: Path, capfd) -> None:
+    good = tmp_path / "good.jpg"
+    data = write_image(good, face_like_image())
+    damaged = tmp_path / "damaged.jpg"
+    damaged.write_bytes(damage_jpeg_middle(data))
+    # What let it through before: the markers are intact and OpenCV returns an image, but its lower part is gone.
+    assert image_problem(damaged, "header") is None
+    decoded = cv2.imdecode(np.fromfile(damaged, np.uint8), cv2.IMREAD_COLOR)
+    clean = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None and np.abs(decoded[-8:].astype(int) - clean[-8:]).mean() > 10
+    capfd.readouterr()
+    problem = image_problem(damaged, "decode")
+    assert problem is not None and "damaged image data" in problem and "Corrupt JPEG data" in problem, problem
+    assert "Corrupt JPEG" not in capfd.readouterr().err  # reported in the reason, not sprayed on stderr
+    assert image_problem(good, "decode") is None
+    paths = np.asarray([str(good), str(damaged), str(good)])
+    assert find_bad_images(paths, "decode", threads=2) == [(1, problem)]
+    image, why = decode_checked(damaged.read_bytes())
+    assert why == problem and image is not None  # the damaged image is returned too, for whoever wants to look
+
+
+def test_decode_check_passes_other_stderr_text_on(monkeypatch, capfd) -> None:
+    data = cv2.imencode(".jpg", face_like_image(32))[1].tobytes()
+    real = cv2.imdecode
+
+    def chatty(buffer: np.ndarray, flags: int) -> np.ndarray:
+        os.write(2, b"unrelated message from another library\n")
+        return real(buffer, flags)
+
+    monkeypatch.setattr(images.cv2, "imdecode", chatty)
+    capfd.readouterr()
+    image, why = decode_checked(data)
+    assert why is None and image.shape == (32, 32, 3)
+    assert "unrelated message from another library" in capfd.readouterr().err
 
 
 def test_bytes_problem_signatures() -> None:

@@ -11,10 +11,14 @@ of SphereFace's ``cp2tform(..., 'similarity')`` [S4] and InsightFace's ``skimage
 (implemented here so skimage is not a dependency), followed by ``cv2.warpAffine`` with a black border as in
 InsightFace's ``norm_crop``.
 
-Landmark files (``scripts/align_faces.py``):
+Landmarks are (x, y) pixel positions in the image as displayed, i.e. after its EXIF orientation is applied (how
+OpenCV and the usual detectors read it); "left eye" is the eye on the image's left (the person's right eye).
+Landmark files are UTF-8 (a byte-order mark and CRLF endings are fine). Files (``scripts/align_faces.py``):
 
-* CSV: ``path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5`` (11 columns, point order as above, header line optional, quoted
-  paths allowed, ``#`` comment lines and blank lines skipped);
+* CSV: ``path,x1,y1,x2,y2,x3,y3,x4,y4,x5,y5`` (11 columns, point order as above, quoted paths allowed, ``#``
+  comment lines and blank lines skipped). The header line is optional and recognised by its column names (every
+  field filled in, none a number), so a header-less file whose first row is a "no face found" row
+  (``img.jpg,,,,,,,,,,``) has that row reported, not dropped;
 * InsightFace ``.lst`` (tab-separated): ``aligned<TAB>path<TAB>label<TAB>x1 y1 x2 y2 (bbox)<TAB>10 landmark values``,
   17 columns. The 10 values are all five x then all five y (InsightFace ``face_preprocess.parse_lst_line`` reads
   columns 7–16 with ``reshape((2, 5)).T``; protocols.md §4.1 [S26] gives the column positions). Entries with 3
@@ -158,6 +162,25 @@ def _floats(values: list[str]) -> np.ndarray | None:
         return None
 
 
+def _is_header(fields: list[str]) -> bool:
+    """True for a row of column names: every field filled in and no landmark field a number.
+
+    Judged by the names rather than by "the first row does not parse": a header-less file's first row is often a
+    "no face found" row (``img.jpg,,,,,,,,,,``), which must be reported, not dropped as a header.
+    """
+    return all(fields) and all(_floats([v]) is None for v in fields[1:])
+
+
+def _landmark_problem(values: list[str]) -> str:
+    """Why 10 landmark fields that do not all parse are unusable."""
+    empty = sum(1 for v in values if not v)
+    if empty == len(values):
+        return "no landmarks (all 10 values empty: no face found?)"
+    if empty:
+        return f"{empty} of 10 landmark values empty"
+    return "non-numeric landmark value"
+
+
 def _parse_csv(lines: Iterable[str]) -> Iterator[LandmarkRow | RowError]:
     first = True
     for lineno, fields in enumerate(csv.reader(lines), start=1):
@@ -165,14 +188,14 @@ def _parse_csv(lines: Iterable[str]) -> Iterator[LandmarkRow | RowError]:
             continue
         fields = [f.strip() for f in fields]
         is_first, first = first, False
+        if is_first and _is_header(fields):
+            continue
         if len(fields) != 11:
             yield RowError(lineno, fields[0], f"expected 11 CSV columns (path,x1,y1,...,x5,y5), got {len(fields)}")
             continue
         values = _floats(fields[1:])
         if values is None:
-            if is_first:
-                continue  # a header line
-            yield RowError(lineno, fields[0], "non-numeric landmark value")
+            yield RowError(lineno, fields[0], _landmark_problem(fields[1:]))
             continue
         yield LandmarkRow(lineno, fields[0], values.reshape(5, 2))
 
@@ -205,22 +228,29 @@ def parse_landmarks(path: str | os.PathLike, fmt: str = "auto") -> Iterator[Land
     """Parse a landmark file (``fmt``: ``csv``, ``lst`` or ``auto`` = by extension, ``.lst`` means lst).
 
     Yields one :class:`LandmarkRow` per usable entry and one :class:`RowError` per entry that is not (wrong column
-    count, non-numeric values, no landmarks, a duplicate path), each with its 1-based line number.
+    count, empty or non-numeric values, no landmarks, a duplicate path), each with its 1-based line number. The file is
+    read BOM-tolerantly (:func:`facetrain.data.protocols.read_text_lines`).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: An unknown ``fmt``, or the file is not UTF-8 text (naming the line).
     """
     path = Path(path)
     if fmt == "auto":
         fmt = "lst" if path.suffix.lower() == ".lst" else "csv"
     if fmt not in ("csv", "lst"):
         raise ValueError(f"landmark file format must be csv, lst or auto, got {fmt!r}")
+    from facetrain.data.protocols import read_text_lines  # BOM-tolerant, as for the protocol files
+
+    lines = read_text_lines(path, "landmark file")
     seen: dict[str, int] = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for item in _parse_csv(f) if fmt == "csv" else _parse_lst(f):
-            if isinstance(item, LandmarkRow):
-                if item.path in seen:
-                    yield RowError(item.lineno, item.path, f"duplicate path (first at line {seen[item.path]})")
-                    continue
-                seen[item.path] = item.lineno
-            yield item
+    for item in _parse_csv(lines) if fmt == "csv" else _parse_lst(lines):
+        if isinstance(item, LandmarkRow):
+            if item.path in seen:
+                yield RowError(item.lineno, item.path, f"duplicate path (first at line {seen[item.path]})")
+                continue
+            seen[item.path] = item.lineno
+        yield item
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,16 +259,20 @@ def parse_landmarks(path: str | os.PathLike, fmt: str = "auto") -> Iterator[Land
 
 
 def read_bgr(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to BGR, refusing empty, truncated or undecodable files (ValueError with the reason)."""
-    from facetrain.data.images import bytes_problem  # the check shared with the training loader
+    """Decode an image file to BGR in its displayed orientation (EXIF applied, as landmark detectors see it),
+    refusing empty, truncated, undecodable or damaged files (ValueError with the reason).
+
+    The check is :func:`facetrain.data.images.decode_checked`, the one that ``data.verify_images=decode`` runs on
+    training images, so a JPEG damaged in the middle is refused here too instead of giving a half-grey crop.
+    """
+    from facetrain.data.images import decode_checked  # the check shared with the training data
 
     try:
         data = np.fromfile(os.fspath(path), dtype=np.uint8)
     except OSError as error:
         raise ValueError(f"cannot read: {error.strerror or error}") from None
-    problem = bytes_problem(data[:12].tobytes(), data[-1024:].tobytes(), data.size)
-    image = None if problem else cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
+    image, problem = decode_checked(data)
+    if problem is not None or image is None:
         raise ValueError(problem or "undecodable image")
     return image
 

@@ -12,6 +12,12 @@ frames (one video, in frame order) instead of one encoded image. Pairs keep the 
 consecutive block), and a video used by several pairs is one list object, which pickle stores once
 (:class:`VideoBinSet`, :func:`load_video_bin`, :func:`write_video_bin`).
 
+Packs are meant to hold images of the evaluation size (112×112). InsightFace's ``load_bin`` resizes an image of
+another width (``mx.image.resize_short``, bicubic); :func:`load_bin` does the same, so a pack that mixes sizes
+evaluates instead of failing after the first epoch: it reads every image's size from its header when the pack is
+loaded, logs how many will be resized, and refuses one whose aspect ratio differs (InsightFace fails on it too),
+naming the pack and the image index.
+
 Unpickling runs code named by the file, so these files are loaded with :class:`SafeUnpickler`, which resolves only
 the few globals that such packs need and that just build data (see :data:`ALLOWED_GLOBALS`); anything else is
 refused before it is called.
@@ -20,9 +26,11 @@ refused before it is called.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import pickle
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +40,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from facetrain.data.images import Transform, to_tensor
+from facetrain.data.images import Transform, encoded_size, to_tensor
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -257,6 +267,66 @@ def _decode(data: bytes, where: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def _fit(image: np.ndarray, size: tuple[int, int] | None, where: str) -> np.ndarray:
+    """``image`` at the pack's ``(height, width)``: resized like InsightFace's ``load_bin`` when it differs.
+
+    InsightFace resizes the shorter side to the evaluation size with bicubic interpolation (``resize_short``,
+    ``interp=2``); for the same aspect ratio that is this resize to ``size``. Another aspect ratio cannot become the
+    evaluation size without distorting the face, so it is refused (InsightFace's loader fails on it too).
+
+    Raises:
+        BinFormatError: The aspect ratio differs; the message names ``where`` (pack and image index).
+    """
+    if size is None or image.shape[:2] == size:
+        return image
+    _check_resizable(image.shape[:2], size, where)
+    return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+
+
+def _check_resizable(shape: tuple[int, int], size: tuple[int, int], where: str) -> None:
+    if shape[0] * size[1] != shape[1] * size[0]:
+        raise BinFormatError(
+            f"{where} is {shape[1]}x{shape[0]} (width x height) but the pack's images are {size[1]}x{size[0]}: "
+            "another aspect ratio cannot be resized to the evaluation size without distorting the face "
+            "(InsightFace's load_bin fails on it too); rebuild the pack from aligned crops"
+        )
+
+
+def _pack_image_size(path: Path, images: Sequence[bytes], image_size: Sequence[int] | None) -> tuple[int, int] | None:
+    """The ``(height, width)`` every image of a pack is evaluated at, checked against each image's header.
+
+    Args:
+        path: The pack, for messages.
+        images: Its encoded images.
+        image_size: The evaluation size; None takes the pack's most common size (all of them in a sound pack).
+
+    Returns:
+        The size, or None when no image header could be read (the decoder reports those images later).
+
+    Raises:
+        BinFormatError: An image has another aspect ratio; the message names the pack and the image index.
+    """
+    sizes = [encoded_size(data) for data in images]
+    known = Counter(size for size in sizes if size is not None)
+    if image_size is not None:
+        target: tuple[int, int] | None = (int(image_size[0]), int(image_size[1]))
+    else:
+        target = max(known, key=lambda size: (known[size], size)) if known else None
+    if target is None:
+        return None
+    odd = [i for i, size in enumerate(sizes) if size is not None and size != target]
+    for i in odd:
+        _check_resizable(sizes[i], target, f"{path}: image {i} (pair {i // 2})")
+    if odd:
+        first = sizes[odd[0]]
+        log.warning(
+            "%s: %d of %d images are not %dx%d (the first is image %d, %dx%d); resizing them as InsightFace's "
+            "load_bin does (bicubic)",
+            path, len(odd), len(images), target[1], target[0], odd[0], first[1], first[0],
+        )  # fmt: skip
+    return target
+
+
 def _dump_atomic(path: Path, obj: Any) -> Path:
     """``pickle.dump(obj, HIGHEST_PROTOCOL)`` through a temporary file in the same directory and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -292,12 +362,21 @@ class BinSet:
         images: ``2 N`` encoded images; ``images[2i]``, ``images[2i+1]`` form pair ``i``.
         issame: ``N`` booleans.
         path: The file it came from, used in error messages (None when built in memory).
+        image_size: ``(height, width)`` that :meth:`decode` returns every image at (others are resized like
+            InsightFace's ``load_bin``); None returns them as stored.
     """
 
-    def __init__(self, images: Sequence[bytes], issame: Sequence[bool] | np.ndarray, path: str | None = None) -> None:
+    def __init__(
+        self,
+        images: Sequence[bytes],
+        issame: Sequence[bool] | np.ndarray,
+        path: str | None = None,
+        image_size: tuple[int, int] | None = None,
+    ) -> None:
         self.images = list(images)
         self.issame = np.asarray(issame, dtype=bool)
         self.path = path
+        self.image_size = image_size
         if len(self.images) != 2 * len(self.issame):
             raise BinFormatError(
                 f"{path or 'BinSet'}: {len(self.images)} images for {len(self.issame)} pairs "
@@ -311,34 +390,43 @@ class BinSet:
         return f"BinSet({self.path!r}, pairs={len(self)}, same={int(self.issame.sum())})"
 
     def decode(self, index: int) -> np.ndarray:
-        """Image ``index`` (0 .. 2N-1) as an ``H×W×3`` uint8 RGB array.
+        """Image ``index`` (0 .. 2N-1) as an ``H×W×3`` uint8 RGB array, at :attr:`image_size` if set.
 
         Raises:
-            BinFormatError: The bytes do not decode; the message names the file and the image index.
+            BinFormatError: The bytes do not decode, or the image has another aspect ratio than
+                :attr:`image_size`; the message names the file and the image index.
         """
-        return _decode(self.images[index], f"{self.path or 'BinSet'}: image {index} (pair {index // 2})")
+        where = f"{self.path or 'BinSet'}: image {index} (pair {index // 2})"
+        return _fit(_decode(self.images[index], where), self.image_size, where)
 
     def as_dataset(self, transform: Transform | None = None) -> BinImages:
         """A Dataset of the images as tensors, in file order, through ``transform`` like ``ImageList``."""
         return BinImages(self, transform)
 
 
-def load_bin(path: str | os.PathLike) -> BinSet:
+def load_bin(path: str | os.PathLike, image_size: Sequence[int] | None = None) -> BinSet:
     """Load an InsightFace verification ``.bin`` safely.
 
     Py2 packs are read like insightface's ``load_bin`` (retry with ``encoding='bytes'`` on ``UnicodeDecodeError``);
-    images may be ``bytes``, ``bytearray`` or ``cv2.imencode`` uint8 arrays and are kept encoded.
+    images may be ``bytes``, ``bytearray`` or ``cv2.imencode`` uint8 arrays and are kept encoded. Every image's size
+    is read from its header: images of another size are decoded resized to the evaluation size, as InsightFace's
+    ``load_bin`` does (a warning says how many), and one of another aspect ratio is refused here.
+
+    Args:
+        path: The ``.bin`` file.
+        image_size: ``(height, width)`` to evaluate at; None takes the pack's most common image size.
 
     Raises:
         FileNotFoundError: The file does not exist.
         UnsafeFileError: The pickle names a global outside :data:`ALLOWED_GLOBALS` (nothing was executed).
-        BinFormatError: Not a pickle, or not ``(bins, issame_list)`` with ``2 N`` byte strings and ``N`` booleans.
+        BinFormatError: Not a pickle, or not ``(bins, issame_list)`` with ``2 N`` byte strings and ``N`` booleans, or
+            an image of another aspect ratio than the evaluation size (the message names the image index).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"verification .bin not found: {path}")
     images, issame = _validate(path, _load_pickle(path))
-    return BinSet(images, issame, path=os.fspath(path))
+    return BinSet(images, issame, path=os.fspath(path), image_size=_pack_image_size(path, images, image_size))
 
 
 def write_bin(path: str | os.PathLike, images: Sequence[bytes], issame: Sequence[bool] | np.ndarray) -> Path:

@@ -3,14 +3,20 @@
 Both protocols are lists of pairs with a same/not-same label, grouped into 10 folds in file order; they are parsed
 into one :class:`PairList`. The readers are strict: a malformed file raises a single ``ValueError`` naming the file,
 the 1-based line number and what was expected, because a silently mis-parsed protocol file yields plausible but
-wrong accuracies (e.g. a header-less copy of ``pairs.txt`` shifts every fold boundary).
+wrong accuracies (e.g. a header-less copy of ``pairs.txt`` read as if it had a header shifts every fold boundary).
+
+They accept the copies that circulate, where that cannot change what is read: a UTF-8 byte-order mark, CRLF line
+endings and, when the structure says what the header would have said, a missing header line (one warning names
+what was inferred). The fold counts are checked either way, so a copy with a row missing is refused at that row.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +30,14 @@ __all__ = [
     "check_images_exist",
     "list_frames",
     "read_lfw_pairs",
+    "read_text_lines",
     "read_ytf_splits",
     "select_frames",
     "write_lfw_pairs",
     "write_ytf_splits",
 ]
+
+log = logging.getLogger(__name__)
 
 YTF_HEADER = "split number, pair number, first name, second name, is same"
 
@@ -73,19 +82,45 @@ class PairList:
         return int(np.unique(self.folds).size)
 
 
-def _read_lines(path: Path) -> list[str]:
-    """Returns the lines of a protocol file without trailing blank lines.
+def read_text_lines(path: str | os.PathLike[str], what: str = "protocol file") -> list[str]:
+    """The lines of a UTF-8 text file as copies circulate: BOM-tolerant, any line ending, no trailing blank lines.
+
+    A leading byte-order mark (which Windows editors add) is dropped: left in, it glues itself to the first field,
+    so ``'\\ufeff1'`` is no longer a number and a data row passes for a header. LF, CRLF and CR all end a line.
+    This is the one place protocol and landmark files are read as text.
+
+    Args:
+        path: The file.
+        what: What the file is, for the not-found message.
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If the file is empty.
+        ValueError: If the file is not UTF-8 text; the message names the file and line.
     """
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"protocol file not found: {path}")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    # A trailing newline (or several) is common and harmless; blank lines inside the file are not tolerated.
+        raise FileNotFoundError(f"{what} not found: {path}")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        lineno = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{lineno}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    lines = text.splitlines()
+    # A trailing newline (or several) is common and harmless; blank lines inside the file are left to the parsers.
     while lines and not lines[-1].strip():
         lines.pop()
+    return lines
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The lines of a protocol file (:func:`read_text_lines`), refusing an empty one.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If the file is empty or not UTF-8 text.
+    """
+    lines = read_text_lines(path)
     if not lines:
         raise ValueError(f"{path}: file is empty")
     return lines
@@ -105,7 +140,12 @@ def _image_number(path: Path, lineno: int, token: str) -> int:
 def _parse_lfw_header(path: Path, line: str) -> tuple[int, int]:
     """Parses the ``<n_folds>\\t<n_per_fold>`` header of ``pairs.txt``."""
     fields = line.split()
-    hint = " (the file seems to lack its header line)" if len(fields) in (3, 4) else ""
+    hint = (
+        " (the file seems to lack its header line, and its lines are not whole folds of n matched then n mismatched "
+        "pairs, so the folds cannot be inferred)"
+        if len(fields) in (3, 4)
+        else ""
+    )
     if len(fields) != 2:
         raise ValueError(
             f"{path}:1: expected header '<n_folds><TAB><pairs_per_fold>', got {len(fields)} fields{hint}: {line!r}"
@@ -117,6 +157,22 @@ def _parse_lfw_header(path: Path, line: str) -> tuple[int, int]:
     if n_folds < 1 or n_per_fold < 1:
         raise ValueError(f"{path}:1: header values must be positive, got {line!r}")
     return n_folds, n_per_fold
+
+
+def _infer_lfw_layout(lines: Sequence[str]) -> tuple[int, int] | None:
+    """``(n_folds, n)`` of a header-less ``pairs.txt``, or None when its lines do not say so unambiguously.
+
+    The lines must be at least two whole folds of ``n`` matched (3-field) lines then ``n`` mismatched (4-field)
+    lines, checked line by line; ``n`` is the length of the first run of matched lines. One fold alone is refused:
+    without a repetition nothing confirms where a fold ends.
+    """
+    kinds = [len(line.split()) for line in lines]
+    n = next((i for i, k in enumerate(kinds) if k != 3), len(kinds))
+    if n == 0 or len(kinds) % (2 * n) or len(kinds) // (2 * n) < 2:
+        return None
+    if any(k != (3 if i % (2 * n) < n else 4) for i, k in enumerate(kinds)):
+        return None
+    return len(kinds) // (2 * n), n
 
 
 def _parse_lfw_pair(path: Path, lineno: int, line: str, matched: bool, ext: str) -> tuple[str, str]:
@@ -146,7 +202,9 @@ def read_lfw_pairs(pairs_file: str | os.PathLike[str], ext: str = "jpg") -> Pair
 
     Layout: a header ``<n_folds>\\t<n>``, then for each fold ``n`` matched lines ``name\\tn1\\tn2`` followed by
     ``n`` mismatched lines ``name1\\tn1\\tname2\\tn2``. Folds follow file order (pair ``i`` is in fold
-    ``i // (2 n)``), as the official protocol requires.
+    ``i // (2 n)``), as the official protocol requires. A copy without the header line is read when its lines are
+    at least two whole such folds (the official 6,000 lines: 10 x (300 + 300)), with a warning saying so;
+    otherwise the missing header is an error. A byte-order mark and CRLF endings are accepted.
 
     Args:
         pairs_file: Path of ``pairs.txt``.
@@ -161,12 +219,23 @@ def read_lfw_pairs(pairs_file: str | os.PathLike[str], ext: str = "jpg") -> Pair
     """
     path = Path(pairs_file)
     lines = _read_lines(path)
-    n_folds, n = _parse_lfw_header(path, lines[0])
-    expected_lines = 1 + n_folds * 2 * n
+    layout = _infer_lfw_layout(lines) if len(lines[0].split()) in (3, 4) else None
+    if layout is None:
+        n_folds, n = _parse_lfw_header(path, lines[0])
+        first = 1  # data lines start after the header
+    else:
+        n_folds, n = layout
+        first = 0
+        log.warning(
+            "%s has no header line; read as %d folds x (%d matched + %d mismatched) pairs, inferred from its %d lines "
+            "and checked line by line",
+            path, n_folds, n, n, len(lines),
+        )  # fmt: skip
+    expected_lines = first + n_folds * 2 * n
     left: list[str] = []
     right: list[str] = []
-    for i, line in enumerate(lines[1:expected_lines]):
-        lineno = i + 2
+    for i, line in enumerate(lines[first:expected_lines]):
+        lineno = i + first + 1
         a, b = _parse_lfw_pair(path, lineno, line, matched=(i % (2 * n)) < n, ext=ext)
         left.append(a)
         right.append(b)
@@ -233,16 +302,65 @@ def _parse_ytf_row(path: Path, lineno: int, line: str) -> tuple[int, int, str, s
 
 
 def _looks_like_ytf_row(line: str) -> bool:
-    """True if a line parses as a data row, i.e. a header-less ``splits.txt``."""
-    first = line.split(",")[0].strip()
-    return first.isdigit() and line.count(",") == 4
+    """True if a first line is meant as a data row (it starts with a split number), i.e. a header-less copy.
+
+    A header never starts with a number, so this is unambiguous; such a line is then parsed as a row, and a
+    malformed one is reported at line 1 rather than silently dropped as a header.
+    """
+    return line.split(",")[0].strip().isdigit()
+
+
+@dataclass
+class _SplitCount:
+    """Running counts of one split of ``splits.txt``, for the per-split check."""
+
+    split: int
+    same: int = 0
+    different: int = 0
+    last_line: int = 0
+    gap: tuple[int, int, int] | None = None  # (line, previous pair, pair) of the first jump in pair numbers
+
+    @property
+    def size(self) -> int:
+        return self.same + self.different
+
+
+def _check_ytf_counts(path: Path, counts: Sequence[_SplitCount]) -> None:
+    """Checks that every split has the same number of pairs, as many same as different (officially 250 + 250).
+
+    The reference size is the most common one, so the message names the split that deviates (the first one in
+    file order), at the line where its pair numbers jump if they do (a row deleted there), else at its last line.
+
+    Raises:
+        ValueError: Naming the file, the line and the counts found.
+    """
+    sizes = Counter(c.size for c in counts)
+    reference = max(sizes, key=lambda size: (sizes[size], size))
+    example = next(c.split for c in counts if c.size == reference)
+    for c in counts:
+        if c.size == reference and c.same == c.different:
+            continue
+        if c.gap is None:
+            line, what = c.last_line, f"split {c.split} ends here with"
+        else:
+            line, what = (
+                c.gap[0],
+                f"pair numbers jump from {c.gap[1]} to {c.gap[2]} here (a row missing?); split {c.split} has",
+            )
+        raise ValueError(
+            f"{path}:{line}: {what} {c.size} pairs ({c.same} same, {c.different} different), but every split must have "
+            f"the same number of pairs, half of them same (split {example} has {reference})"
+        )
 
 
 def read_ytf_splits(splits_file: str | os.PathLike[str], n_splits: int | None = None) -> PairList:
     """Reads a YouTube Faces ``splits.txt``.
 
     Layout: one header line, then rows ``split, pair, Name/video, Name/video, same`` separated by a comma and
-    optional spaces. Splits must be numbered 1..K in file order; pair numbers must increase within a split.
+    optional spaces. Splits must be numbered 1..K in file order; pair numbers must increase within a split; every
+    split must have the same number of pairs, as many same as different (officially 10 x 500 = 250 + 250).
+    A copy without the header line (its first line starts with a split number) is read with a warning; a
+    byte-order mark and CRLF endings are accepted.
 
     Args:
         splits_file: Path of ``splits.txt``.
@@ -253,20 +371,22 @@ def read_ytf_splits(splits_file: str | os.PathLike[str], n_splits: int | None = 
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If the file does not follow the layout; the message names the file and line.
+        ValueError: If the file does not follow the layout; the message names the file and the first line that
+            deviates.
     """
     path = Path(splits_file)
     lines = _read_lines(path)
-    if _looks_like_ytf_row(lines[0]):
-        raise ValueError(f"{path}:1: expected a header line, got a data row (header-less copy?): {lines[0]!r}")
-    if len(lines) == 1:
+    first = 0 if _looks_like_ytf_row(lines[0]) else 1  # index of the first data row
+    if first == len(lines):
         raise ValueError(f"{path}:2: expected data rows after the header, file ends at line 1")
     left, right, same, folds = [], [], [], []
+    counts: list[_SplitCount] = []
     prev_split, prev_pair = 0, 0
-    for lineno, line in enumerate(lines[1:], start=2):
+    for lineno, line in enumerate(lines[first:], start=first + 1):
         split, pair, a, b, is_same = _parse_ytf_row(path, lineno, line)
         if split == prev_split + 1:
             prev_pair = 0
+            counts.append(_SplitCount(split))
         elif split != prev_split:
             expected = "1" if prev_split == 0 else f"{prev_split} or {prev_split + 1}"
             raise ValueError(
@@ -276,6 +396,12 @@ def read_ytf_splits(splits_file: str | os.PathLike[str], n_splits: int | None = 
             raise ValueError(
                 f"{path}:{lineno}: pair numbers must increase within split {split}, got {pair} after {prev_pair}"
             )
+        count = counts[-1]
+        if pair != prev_pair + 1 and count.gap is None:
+            count.gap = (lineno, prev_pair, pair)
+        count.same += is_same
+        count.different += not is_same
+        count.last_line = lineno
         prev_split, prev_pair = split, pair
         left.append(a)
         right.append(b)
@@ -283,6 +409,12 @@ def read_ytf_splits(splits_file: str | os.PathLike[str], n_splits: int | None = 
         folds.append(split - 1)
     if n_splits is not None and prev_split != n_splits:
         raise ValueError(f"{path}:{len(lines)}: expected {n_splits} splits, the file ends after split {prev_split}")
+    _check_ytf_counts(path, counts)
+    if first == 0:
+        log.warning(
+            "%s has no header line (line 1 is a data row); read all %d lines as pairs: %d splits of %d pairs",
+            path, len(lines), len(counts), counts[0].size,
+        )  # fmt: skip
     return PairList(left, right, issame=np.array(same, dtype=bool), folds=np.array(folds, dtype=np.int64))
 
 
