@@ -18,6 +18,7 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
@@ -450,3 +451,20 @@ def test_plot_roc_overlays_runs_and_multirun_jobs(tmp_path: Path, capsys: pytest
     assert "run_a [lfw]" in printed and "0: loss=head0 [lfw]" in printed and "1: loss=head1 [lfw]" in printed
     assert "ytf" not in printed
     assert main([str(tmp_path / "multi" / "0" / ".hydra"), "--out", str(out)]) == 1
+
+
+def test_evaluation_embeds_in_the_trainers_precision(lfw: Path, tmp_path: Path) -> None:
+    """Under trainer=gpu (bf16-mixed) evaluation runs under the same autocast as training; 32-true runs none."""
+
+    class AutocastProbe(HalvesModel):
+        def embed(self, images: torch.Tensor) -> torch.Tensor:
+            self.autocast = (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+            return super().embed(images)
+
+    for precision, expected in [("bf16-mixed", (True, torch.bfloat16)), ("32-true", (False, None))]:
+        trainer = pl.Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False)
+        model = AutocastProbe()
+        _pairs(lfw, tmp_path).evaluate(model, trainer)
+        assert model.autocast[0] is expected[0]
+        if expected[1] is not None:
+            assert model.autocast[1] == expected[1]

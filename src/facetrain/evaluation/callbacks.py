@@ -11,6 +11,7 @@ callback is built, so a pairs file naming a missing image stops the run before t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -203,19 +204,22 @@ class EvaluationCallback(pl.Callback):
             _broadcast_buffers(module)
         was_training = module.training
         module.eval()
+        # The trainer's precision (bf16 autocast under trainer=gpu; nothing under 32-true), as in training.
+        precision = trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext()
         try:
-            return embed_images(
-                module.embed,
-                self.images(),
-                self.transform,
-                module.device,
-                batch_size=self.batch_size,
-                num_workers=self.num_workers,
-                flip=self.flip,
-                rank=rank,
-                world_size=world,
-                all_gather=(lambda t: trainer.strategy.all_gather(t)) if trainer is not None else None,
-            )
+            with precision:
+                return embed_images(
+                    module.embed,
+                    self.images(),
+                    self.transform,
+                    module.device,
+                    batch_size=self.batch_size,
+                    num_workers=self.num_workers,
+                    flip=self.flip,
+                    rank=rank,
+                    world_size=world,
+                    all_gather=(lambda t: trainer.strategy.all_gather(t)) if trainer is not None else None,
+                )
         finally:
             module.train(was_training)
 

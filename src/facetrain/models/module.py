@@ -17,7 +17,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from facetrain.losses.base import FaceHead, HeadOutput
 from facetrain.training.nonfinite import NonfiniteEvents, nonfinite_flag, skips_on_device
-from facetrain.utils.schema import Constraint, Interval
+from facetrain.utils.schema import Constraint, Interval, OneOf
 
 HeadFactory = Callable[..., nn.Module]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
@@ -103,13 +103,20 @@ class FaceRecognitionModule(pl.LightningModule):
             users whose loss scaler occasionally overflows, and stops at the (N+1)-th. With a fused optimizer the
             flag stays on the device and is read at the next logging step (:meth:`on_before_optimizer_step`); under
             DDP it is the maximum over the ranks, so every rank skips the same steps.
+        channels_last: Keep the backbone's weights and the input batches in channels-last (NHWC) memory format
+            (``trainer=gpu`` turns it on): the fast layout for convolutions in bf16/fp16 on NVIDIA GPUs.
+        compile: Compile the backbone with ``torch.compile`` (``nn.Module.compile``, in place) on its first call.
 
     Non-finite weights are never checkpointed: :meth:`on_save_checkpoint` refuses them, so the last good checkpoint
     survives a divergence.
     """
 
     #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
-    config_constraints: ClassVar[dict[str, Constraint]] = {"max_nonfinite_skips": Interval(0, integer=True)}
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        "max_nonfinite_skips": Interval(0, integer=True),
+        "channels_last": OneOf((True, False)),
+        "compile": OneOf((True, False)),
+    }
 
     def __init__(
         self,
@@ -119,9 +126,17 @@ class FaceRecognitionModule(pl.LightningModule):
         num_classes: int,
         scheduler: SchedulerFactory | None = None,
         max_nonfinite_skips: int = 0,
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        # NHWC activations let cuDNN use its tensor-core convolutions without layout transposes (bf16/fp16).
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            backbone.to(memory_format=torch.channels_last)
+        if compile:  # in place: parameter names, state_dict keys and checkpoints stay those of the eager backbone
+            backbone.compile()
         self.head: FaceHead = head(embedding_size=backbone.embedding_size, num_classes=num_classes)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -142,11 +157,17 @@ class FaceRecognitionModule(pl.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised face embeddings (inference)."""
-        return F.normalize(self.backbone(images), dim=1)
+        return F.normalize(self.embed(images), dim=1)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Raw embeddings for evaluation; callers normalise (after optional flip fusion)."""
-        return self.backbone(images)
+        return self.backbone(self._layout(images))
+
+    def _layout(self, images: torch.Tensor) -> torch.Tensor:
+        """The batch in the backbone's memory format (a no-op copy-free view when it already is)."""
+        if self.channels_last and images.dim() == 4:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Loss of one batch; at logging steps also the metrics and the detached target / nearest cosines.
@@ -162,7 +183,7 @@ class FaceRecognitionModule(pl.LightningModule):
         """
         images, labels = batch
         self._batch_idx = batch_idx
-        out: HeadOutput = self.head(self.backbone(images), labels)
+        out: HeadOutput = self.head(self.backbone(self._layout(images)), labels)
         if self.head.nan_check:
             self._loss = out.loss.detach()  # combined with the gradients' flag before the optimizer step
         if not self.is_logging_step():
