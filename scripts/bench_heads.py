@@ -18,9 +18,7 @@ Results are printed as a table and written to ``bench_results/heads.json`` (git-
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +34,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf
 
 from facetrain.losses.base import CosineHead, FaceHead
+from facetrain.utils.bench import machine_info, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_DIR = ROOT / "configs" / "loss"
@@ -229,27 +228,6 @@ def build_head(path: Path, embed_dim: int, num_classes: int) -> FaceHead | str:
     return head
 
 
-def machine_info() -> dict[str, Any]:
-    """What the numbers depend on: torch build, device and thread count."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": "cpu",
-        "cpu": cpu,
-        "torch_threads": torch.get_num_threads(),
-        "interop_threads": torch.get_num_interop_threads(),
-    }
-
-
 # --- main ---------------------------------------------------------------------------------------------------------
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Runs every head at every class count; returns the JSON-able results."""
@@ -331,9 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     report = bench(args)
     for name, why in report["skipped"].items():
         print(f"skipped {name}: {why}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written {args.out}")
+    print(f"written {write_report(args.out, report)}")
     return 0
 
 

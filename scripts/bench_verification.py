@@ -21,8 +21,6 @@ Results are printed and written to ``bench_results/verification.json`` (git-igno
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -36,6 +34,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import KFold
 
 from facetrain.evaluation.verification import kfold_accuracy, roc_metrics, verification_report
+from facetrain.utils.bench import machine_info, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench_results" / "verification.json"
@@ -135,8 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
 
     results["machine"] = {
-        "python": sys.version.split()[0], "numpy": np.__version__, "sklearn": sklearn.__version__,
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        **machine_info(), "numpy": np.__version__, "sklearn": sklearn.__version__,
         "quick": args.quick, "repeats": repeats, "roc_repeats": roc_repeats,
     }  # fmt: skip
 
@@ -155,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'  speed-up':<48} {g['speedup']:>11.1f}x {'50x':>10}  {g['meets_goal']}"
         f"   (identical fold accuracies: {g['identical_fold_accuracies']})"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {args.out}")
+    print(f"wrote {write_report(args.out, results)}")
     return 0 if identical else 1
 
 
