@@ -4,7 +4,7 @@ PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help install test test-fast lint format train evaluate bench clean clean-logs
+.PHONY: help install test test-fast lint format train evaluate export bench clean clean-logs
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -21,12 +21,12 @@ test-fast: ## Unit tests only (no subprocess training runs)
 	$(PYTHON) -m pytest -m "not slow and not ddp" $(PYTEST_ARGS)
 
 lint: ## ruff lint and format check
-	$(PYTHON) -m ruff check src tests scripts train.py evaluate.py
-	$(PYTHON) -m ruff format --check src tests scripts train.py evaluate.py
+	$(PYTHON) -m ruff check src tests scripts train.py evaluate.py export.py
+	$(PYTHON) -m ruff format --check src tests scripts train.py evaluate.py export.py
 
 format: ## Apply ruff fixes and formatting
-	$(PYTHON) -m ruff check --fix src tests scripts train.py evaluate.py
-	$(PYTHON) -m ruff format src tests scripts train.py evaluate.py
+	$(PYTHON) -m ruff check --fix src tests scripts train.py evaluate.py export.py
+	$(PYTHON) -m ruff format src tests scripts train.py evaluate.py export.py
 
 train: ## Train with the default config (synthetic data, resnet18, cam-softmax)
 	$(PYTHON) train.py
@@ -34,12 +34,16 @@ train: ## Train with the default config (synthetic data, resnet18, cam-softmax)
 evaluate: ## Evaluate a checkpoint: make evaluate CKPT=logs/train/runs/<time>/checkpoints/last.ckpt
 	$(PYTHON) evaluate.py ckpt_path=$(CKPT)
 
+export: ## Export a checkpoint to ONNX (parity-checked): make export CKPT=<ckpt> [FORMAT=torchscript|safetensors]
+	$(PYTHON) export.py ckpt_path=$(CKPT) format=$(or $(FORMAT),onnx)
+
 bench: ## All benchmarks, side by side ratios (BENCH_ARGS="--quick"); writes bench_results/*.json
 	$(PYTHON) scripts/bench_heads.py $(BENCH_ARGS)
 	$(PYTHON) scripts/bench_verification.py $(BENCH_ARGS)
 	$(PYTHON) scripts/bench_loader.py $(BENCH_ARGS)
 	$(PYTHON) scripts/bench_index_memory.py $(BENCH_ARGS)
 	$(PYTHON) scripts/bench_train.py $(BENCH_ARGS)
+	$(PYTHON) scripts/bench_inference.py $(BENCH_ARGS)
 
 clean: ## Remove caches
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

@@ -83,3 +83,15 @@ def test_compiled_backbone_trains_like_eager_and_keeps_checkpoint_keys() -> None
     assert counters["stats"]["unique_graphs"] >= 1  # really compiled, not silently eager
     for a, b in zip(eager.parameters(), compiled.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_trainer_gpu_composes_the_fast_path_and_leaves_the_default_alone(compose_cfg) -> None:  # noqa: ANN001
+    gpu = compose_cfg("trainer=gpu", "eval=[lfw,ytf,lfw_bin]")
+    assert gpu.trainer.precision == "bf16-mixed" and gpu.trainer.benchmark is True
+    assert gpu.trainer.log_every_n_steps == 50 and gpu.model.channels_last is True
+    assert gpu.data.uint8_batches is True and gpu.data.pin_memory is True
+    assert {gpu.eval[name].batch_size for name in gpu.eval} == {512}
+    default = compose_cfg("eval=[lfw,ytf,lfw_bin]")
+    assert default.trainer.precision == "32-true" and default.model.channels_last is False
+    assert default.data.uint8_batches is False and default.trainer.log_every_n_steps == 1
+    assert {default.eval[name].batch_size for name in default.eval} == {128}

@@ -86,7 +86,11 @@ def _fit(module: FaceRecognitionModule, max_steps: int, **trainer_kwargs: object
 
 
 def _module(
-    nan_from: int | None = None, nan_check: bool = True, skips: int = 0, fused: bool = False, **backbone: tuple[int, ...]
+    nan_from: int | None = None,
+    nan_check: bool = True,
+    skips: int = 0,
+    fused: bool = False,
+    **backbone: tuple[int, ...],
 ) -> FaceRecognitionModule:
     """``fused=True``: the guard skips bad steps on the device (read back later); False: it reads each step's flag."""
     return FaceRecognitionModule(

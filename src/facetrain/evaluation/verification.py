@@ -44,6 +44,7 @@ __all__ = [
     "roc_curve_points",
     "roc_metrics",
     "tar_at_far",
+    "threshold_at_far",
     "threshold_grid",
     "verification_report",
 ]
@@ -459,6 +460,23 @@ def tar_at_far(fpr: np.ndarray, tpr: np.ndarray, far: float, n_impostors: int | 
         check_far(far, n_impostors)
     ok = fpr <= far
     return float(tpr[ok].max()) if np.any(ok) else 0.0
+
+
+def threshold_at_far(fpr: np.ndarray, thresholds: np.ndarray, far: float, n_impostors: int | None = None) -> float:
+    """The most accepting ROC threshold whose false-accept rate does not exceed ``far`` (the operating point of
+    :func:`tar_at_far`), for deployment at a chosen FAR.
+
+    Args:
+        fpr: False-accept rates of :func:`roc_curve_points`.
+        thresholds: Its thresholds (a pair is accepted when its score is ``>=`` the threshold, ``<=`` for distances).
+        far: Target false-accept rate.
+        n_impostors: As in :func:`tar_at_far`: a ``far`` below ``1 / n_impostors`` raises
+            :class:`UndefinedMetricError`.
+    """
+    if n_impostors is not None:
+        check_far(far, n_impostors)
+    ok = np.flatnonzero(fpr <= far)
+    return float(thresholds[ok[-1]])  # fpr is non-decreasing and starts at 0 (threshold inf): ok is never empty
 
 
 def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -36,18 +37,32 @@ def input_hw(input_size: int | Sequence[int]) -> tuple[int, int]:
     return height, width
 
 
-def create_trunk(model_name: str, pretrained: bool, input_size: int | Sequence[int], **timm_kwargs: Any) -> nn.Module:
+def create_trunk(
+    model_name: str,
+    pretrained: bool,
+    input_size: int | Sequence[int],
+    pretrained_file: str | None = None,
+    **timm_kwargs: Any,
+) -> nn.Module:
     """Build a timm model that returns its unpooled final features for ``input_size`` inputs.
 
     Transformers fixed to 224 px (ViT, DeiT, ...) are rebuilt with ``img_size=input_size``; convolutional models
     take any size. timm drops keyword arguments whose value is None, so unset config keys keep timm's defaults.
+    ``pretrained_file`` loads timm weights from a local file through timm's own loader
+    (``pretrained_cfg_overlay=dict(file=...)``: classifier dropped, input conv adapted), for clusters without hub
+    access.
 
     Raises:
         ValueError: The name is not a timm model, or the model cannot run at ``input_size``.
+        FileNotFoundError: ``pretrained_file`` does not exist.
     """
     if not timm.is_model(model_name):
         raise _unknown_model_error(model_name)
     kwargs = {"pretrained": pretrained, "num_classes": 0, "global_pool": "", **timm_kwargs}
+    if pretrained_file:
+        if not Path(pretrained_file).is_file():
+            raise FileNotFoundError(f"backbone.pretrained_file={pretrained_file!r} is not a file")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(pretrained_file)})
     model = timm.create_model(model_name, **kwargs)
     try:
         _probe(model, input_size)
@@ -79,6 +94,8 @@ class FaceBackbone(nn.Module):
         model_name: Any name from ``timm.list_models()``.
         embedding_size: Width of the face embedding (512 in ArcFace/InsightFace).
         pretrained: Load timm's pretrained weights (needs network access; off by default).
+        pretrained_file: Load timm's pretrained weights from this local file instead (``.pth``/``.safetensors``
+            as timm publishes them); no network needed.
         dropout: Dropout before the FC layer of the neck (ArcFace uses 0 on large data, 0.4 on CASIA).
         input_size: Side of the square aligned face crop (112 by convention), or ``[height, width]`` (``[112, 96]``
             for SphereFace-style crops).
@@ -92,6 +109,7 @@ class FaceBackbone(nn.Module):
         pretrained: bool = False,
         dropout: float = 0.0,
         input_size: int | Sequence[int] = 112,
+        pretrained_file: str | None = None,
         **timm_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -102,7 +120,7 @@ class FaceBackbone(nn.Module):
         self.model_name = model_name
         self.embedding_size = embedding_size
         self.input_size = input_size
-        self.trunk = create_trunk(model_name, pretrained, input_size, **timm_kwargs)
+        self.trunk = create_trunk(model_name, pretrained, input_size, pretrained_file, **timm_kwargs)
         feature_shape = tuple(_probe(self.trunk, input_size).shape[1:])
         flat = 1
         for d in feature_shape:

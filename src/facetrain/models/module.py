@@ -16,6 +16,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from facetrain.losses.base import FaceHead, HeadOutput
+from facetrain.models.finetune import apply_finetuning
 from facetrain.training.nonfinite import NonfiniteEvents, nonfinite_flag, skips_on_device
 from facetrain.utils.schema import Constraint, Interval, OneOf
 
@@ -103,6 +104,13 @@ class FaceRecognitionModule(pl.LightningModule):
             users whose loss scaler occasionally overflows, and stops at the (N+1)-th. With a fused optimizer the
             flag stays on the device and is read at the next logging step (:meth:`on_before_optimizer_step`); under
             DDP it is the maximum over the ranks, so every rank skips the same steps.
+        init_from: Fine-tune from this checkpoint or ``.safetensors`` file: backbone strictly, classifier too when
+            its shape (class count) matches (:mod:`facetrain.models.finetune`).
+        init_classifier: Also copy the classifier when it fits; false starts it fresh.
+        freeze_backbone: Train the head only.
+        trainable_stages: Freeze the trunk except its last N stages (timm ``feature_info``); the neck trains.
+        freeze_bn_stats: BatchNorm layers of frozen parts keep their running statistics.
+
         channels_last: Keep the backbone's weights and the input batches in channels-last (NHWC) memory format
             (``trainer=gpu`` turns it on): the fast layout for convolutions in bf16/fp16 on NVIDIA GPUs.
         compile: Compile the backbone with ``torch.compile`` (``nn.Module.compile``, in place) on its first call.
@@ -128,6 +136,11 @@ class FaceRecognitionModule(pl.LightningModule):
         max_nonfinite_skips: int = 0,
         channels_last: bool = False,
         compile: bool = False,
+        init_from: str | None = None,
+        init_classifier: bool = True,
+        freeze_backbone: bool = False,
+        trainable_stages: int | None = None,
+        freeze_bn_stats: bool = True,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -138,6 +151,10 @@ class FaceRecognitionModule(pl.LightningModule):
         if compile:  # in place: parameter names, state_dict keys and checkpoints stay those of the eager backbone
             backbone.compile()
         self.head: FaceHead = head(embedding_size=backbone.embedding_size, num_classes=num_classes)
+        # Fine-tuning (facetrain.models.finetune); the train task writes the record to <run dir>/init_from.json.
+        self.init_record = apply_finetuning(
+            backbone, self.head, init_from, init_classifier, freeze_backbone, trainable_stages, freeze_bn_stats
+        )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.num_classes = num_classes

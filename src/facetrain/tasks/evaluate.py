@@ -8,19 +8,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
+from facetrain.data.world import check_datasets
 from facetrain.evaluation.callbacks import EvaluationCallback
-from facetrain.utils.instantiate import instantiate, instantiate_named
+from facetrain.inference.embedder import FaceEmbedder
+from facetrain.inference.model import CONFIG_KEY, load_checkpoint
+from facetrain.utils.instantiate import instantiate_named
 from facetrain.utils.io import ensure_writable_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_KEY", "EmbeddingModel", "evaluate", "load_embedding_model", "resolve_device"]
-
-# Where FaceRecognitionModule.on_save_checkpoint stores the run's resolved config (plain data).
-CONFIG_KEY = "facetrain_config"
+__all__ = [
+    "CONFIG_KEY",
+    "EmbeddingModel",
+    "ExportedBackbone",
+    "evaluate",
+    "load_embedding_model",
+    "load_exported_model",
+    "resolve_device",
+]
 
 
 class EmbeddingModel(nn.Module):
@@ -36,8 +44,9 @@ class EmbeddingModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """Device of the weights."""
-        return next(self.parameters()).device
+        """Device of the weights (CPU for an exported model run by its own runtime)."""
+        param = next(self.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Raw (un-normalised) embeddings; the callbacks normalise after optional flip fusion."""
@@ -56,35 +65,46 @@ def load_embedding_model(
 ) -> tuple[EmbeddingModel, dict[str, Any]]:
     """Rebuild the embedding network of a checkpoint written by the train task.
 
-    The checkpoint is read with ``torch.load(weights_only=True)`` (tensors and plain containers only, no pickled
-    code). The backbone is built from the ``model.backbone`` node of the resolved config stored under
-    ``facetrain_config`` (with ``pretrained=False``: the weights come from the checkpoint, nothing is downloaded)
-    and its ``backbone.*`` weights are loaded strictly.
+    The checkpoint is read weights-only (tensors and plain containers, no pickled code) and the backbone rebuilt
+    from the config stored under ``facetrain_config`` by :func:`facetrain.inference.model.load_checkpoint` (with
+    pretrained loading off: the weights come from the checkpoint), its ``backbone.*`` weights loaded strictly.
 
     Returns:
-        The model in eval mode on ``device`` and the checkpoint's stored config.
+        The model in eval mode on ``device`` and the checkpoint (its stored config under ``facetrain_config``).
 
     Raises:
         FileNotFoundError: No file at ``ckpt_path``.
-        KeyError: The checkpoint lacks the stored config or the backbone weights.
+        NotAFacetrainModelError: The checkpoint lacks the stored config or the backbone weights.
     """
     path = Path(ckpt_path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={str(path)!r} is not a file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    run_config = ckpt.get(CONFIG_KEY)
-    if not isinstance(run_config, dict) or "model" not in run_config:
-        raise KeyError(f"{path} holds no {CONFIG_KEY!r} config; was it written by facetrain's train task?")
-    backbone_cfg = OmegaConf.create(run_config["model"]["backbone"])
-    if "pretrained" in backbone_cfg:
-        backbone_cfg.pretrained = False
-    backbone = instantiate(backbone_cfg)
-    state = {k.removeprefix("backbone."): v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
-    if not state:
-        raise KeyError(f"{path} has no backbone.* weights in its state_dict")
-    backbone.load_state_dict(state, strict=True)
-    model = EmbeddingModel(backbone).to(device).eval()
-    return model, {**ckpt, CONFIG_KEY: run_config}
+    backbone, _, ckpt = load_checkpoint(path)
+    return EmbeddingModel(backbone).to(device).eval(), ckpt
+
+
+class ExportedBackbone(nn.Module):
+    """An exported model (ONNX Runtime / TorchScript, via ``FaceEmbedder``) behind the backbone interface.
+
+    The evaluation callbacks hand over images normalised by the evaluation transform; they are mapped back to the
+    pixels the exported graph takes with the contract's mean/std. Its embeddings are final (L2-normalised, flip
+    fused as in the contract), so the callbacks' own normalisation leaves them unchanged.
+    """
+
+    def __init__(self, embedder: FaceEmbedder) -> None:
+        super().__init__()
+        self.embedder = embedder
+        self.scale, self.shift = embedder.contract.affine()  # normalised = pixels * scale - shift
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = (images.float().cpu().numpy() + self.shift) / self.scale
+        return torch.from_numpy(self.embedder.runtime(pixels))
+
+
+def load_exported_model(model_path: str | os.PathLike[str]) -> tuple[EmbeddingModel, FaceEmbedder]:
+    """An export directory or model file (``model.onnx``, ``model.pt``) as an :class:`EmbeddingModel`."""
+    embedder = FaceEmbedder.from_export(model_path)
+    return EmbeddingModel(ExportedBackbone(embedder)).eval(), embedder
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -96,25 +116,45 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     Returns:
         The metrics written to ``metrics.json``.
     """
+    # Evaluation sets of one world, real ones present; the training data is the checkpoint's, so data is not read.
+    check_datasets(cfg, sections=("eval",))
     output_dir = ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
-    ckpt_path = Path(str(cfg.ckpt_path))
-    if not ckpt_path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(ckpt_path)!r} is not a file")
+    if (cfg.get("ckpt_path") is None) == (cfg.get("model_path") is None):
+        raise ValueError("give exactly one of ckpt_path=<checkpoint> and model_path=<export dir or model.onnx>")
+    ckpt_path = Path(str(cfg.ckpt_path or cfg.model_path))
+    if not ckpt_path.exists():
+        raise FileNotFoundError(f"{'ckpt_path' if cfg.get('ckpt_path') else 'model_path'}={str(ckpt_path)!r} not found")
     # Protocol files and image folders are checked before the (possibly large) checkpoint is loaded.
     evaluators: list[EvaluationCallback] = instantiate_named(cfg.get("eval"))
     if not evaluators:
         raise ValueError("eval is empty: choose evaluation sets, e.g. eval=[lfw,ytf]")
-    device = resolve_device(cfg.get("device"))
-    model, ckpt = load_embedding_model(ckpt_path, device)
-    run_config = ckpt[CONFIG_KEY]
-    metrics: dict[str, Any] = {
-        "ckpt_path": str(ckpt_path.resolve()),
-        "epoch": ckpt.get("epoch"),
-        "global_step": ckpt.get("global_step"),
-        "backbone": run_config["model"]["backbone"].get("model_name"),
-        "head": run_config["model"]["head"].get("_target_"),
-        "device": str(device),
-    }
+    if cfg.get("model_path") is not None:
+        model, embedder = load_exported_model(ckpt_path)
+        for evaluator in evaluators:  # the export fuses flips itself, as its contract says; a second fusion differs
+            if getattr(evaluator, "flip", "none") not in ("none", embedder.contract.flip):
+                log.warning(
+                    "eval.%s.flip=%s but the export fuses flip=%s in its graph; set eval.%s.flip=none to evaluate the "
+                    "export as it runs",
+                    evaluator.name, evaluator.flip, embedder.contract.flip, evaluator.name,
+                )  # fmt: skip
+        info = embedder.contract.model
+        metrics: dict[str, Any] = {
+            "model_path": str(ckpt_path.resolve()),
+            "format": embedder.contract.export.get("format"),
+        }
+        metrics.update({k: info.get(k) for k in ("epoch", "global_step", "backbone", "head")}, device="cpu")
+    else:
+        device = resolve_device(cfg.get("device"))
+        model, ckpt = load_embedding_model(ckpt_path, device)
+        run_config = ckpt[CONFIG_KEY]
+        metrics = {
+            "ckpt_path": str(ckpt_path.resolve()),
+            "epoch": ckpt.get("epoch"),
+            "global_step": ckpt.get("global_step"),
+            "backbone": run_config["model"]["backbone"].get("model_name"),
+            "head": run_config["model"]["head"].get("_target_"),
+            "device": str(device),
+        }
     for evaluator in evaluators:
         results = evaluator.evaluate(model)
         evaluator.write_curves(evaluator.curve_dir() or output_dir / "curves")

@@ -10,7 +10,10 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from facetrain.data.world import check_datasets
 from facetrain.evaluation.callbacks import VerificationCallback
+from facetrain.inference.callback import ContractCallback
+from facetrain.models.finetune import INIT_RECORD_FILE
 from facetrain.training.checkpoint import Preemption, find_last_checkpoint, safe_load
 from facetrain.utils.instantiate import instantiate, instantiate_named
 from facetrain.utils.io import ensure_writable_dir, write_json_atomic
@@ -23,12 +26,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate one run described by ``cfg`` (``configs/train.yaml`` composed by Hydra).
 
     Everything that can be wrong with the inputs (output directory, data root, pairs files, model name, head
-    arguments) is checked while the objects are built, before the first training step.
+    arguments) is checked while the objects are built, before the first training step; config keys and values, a mix
+    of synthetic and real datasets and a missing real dataset before any data is read.
 
     Returns:
         The final metrics, also written to ``<output_dir>/metrics.json``.
     """
     validate_config(cfg)  # keys and ranges, before any data is read or generated
+    check_datasets(cfg)  # one world (synthetic or real) for training and evaluation; real datasets where said
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
@@ -39,7 +44,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     evaluators = instantiate_named(cfg.get("eval"))
     model = instantiate(cfg.model, num_classes=num_classes)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)
-    callbacks = instantiate_named(cfg.get("callbacks")) + evaluators
+    if getattr(model, "init_record", None):  # model.init_from: what was loaded from where, next to the run
+        write_json_atomic(Path(output_dir) / INIT_RECORD_FILE, model.init_record)
+    # The contract callback is not optional: every checkpoint must say how to feed the model (inference/contract.py).
+    callbacks = instantiate_named(cfg.get("callbacks")) + evaluators + [ContractCallback()]
     loggers = instantiate_named(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 

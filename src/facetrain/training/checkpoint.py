@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,9 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+# Defined without Lightning so that inference code can load checkpoints through the same check.
+from facetrain.utils.safe_load import UnsafeCheckpointError, safe_load
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,6 @@ __all__ = [
 ]
 
 
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint holds pickled objects beyond tensors and plain data; it is not loaded."""
-
-
 class PreemptedError(RuntimeError):
     """Training stopped on SIGTERM/SIGINT after writing a checkpoint; ``resume_hint`` says how to continue."""
 
@@ -51,29 +48,6 @@ class PreemptedError(RuntimeError):
             f"{signal_name} received: checkpoint written to {checkpoint}. Resume with the same command plus "
             f"ckpt_path=last (or ckpt_path={checkpoint})"
         )
-
-
-def safe_load(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with clear errors for missing, truncated and unsafe files.
-
-    Raises:
-        FileNotFoundError: No such file.
-        UnsafeCheckpointError: The pickle references a global outside torch's weights-only allowlist.
-        ValueError: The file is truncated or not a torch checkpoint (the message names the file).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"refusing to load {path}: it contains pickled objects that are not tensors or plain data, which could "
-            f"run code when loaded. facetrain checkpoints never do; this file was modified or made elsewhere. "
-            f"Details: {str(err).splitlines()[0]}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise ValueError(f"checkpoint {path} is truncated or not a torch checkpoint: {err}") from None
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
