@@ -20,8 +20,6 @@ Results are printed and written to ``bench_results/inference.json`` (git-ignored
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,6 +37,7 @@ from facetrain.inference.contract import CONTRACT_KEY, contract_from_config
 from facetrain.inference.embedder import FaceEmbedder
 from facetrain.inference.export import export_checkpoint
 from facetrain.inference.model import CONFIG_KEY, build_backbone
+from facetrain.utils.bench import machine_info, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench_results" / "inference.json"
@@ -124,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnx_torch_max_abs_diff": agree,
         "export_parity_max_abs_diff": contract.export["parity"]["max_abs_diff"],
         "setup": {"model": args.model, "faces": n, "batch_size": bs, "input": "112x112", "embedding_size": 512},
-        "machine": {
-            "python": sys.version.split()[0], "torch": torch.__version__, "onnxruntime": ort.__version__,
-            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(), "quick": args.quick, "repeats": repeats,
-        },
+        "machine": {**machine_info(), "onnxruntime": ort.__version__, "quick": args.quick, "repeats": repeats},
     }  # fmt: skip
     print(f"{args.model}, {n} faces of 112x112, batch {bs}, CPU ({torch.get_num_threads()} torch threads)")
     print(f"  backbone direct, NCHW tensors:         {rate['direct_nchw']:8.1f} embeddings/s")
@@ -138,9 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({results['embedder_vs_direct']:.2f}x the faster direct; goal >= 0.9x: {goal})")
     print(f"  FaceEmbedder.embed, ONNX Runtime:      {rate['embedder_onnx']:8.1f} embeddings/s ", end="")
     print(f"({results['onnx_vs_torch']:.2f}x PyTorch; max abs diff {agree:.2e})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    print(f"written to {args.out}")
+    print(f"written to {write_report(args.out, results)}")
     return 0
 
 

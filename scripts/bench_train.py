@@ -76,14 +76,16 @@ def compose_config(backbone: str, batch_size: int, image_size: int, overrides: l
     return cfg
 
 
-def memory_batches(cfg: DictConfig, image_size: int, device: torch.device, count: int = 4) -> list[tuple[Any, Any]]:
+def memory_batches(
+    cfg: DictConfig, image_size: int, device: torch.device, count: int = 4, num_classes: int = NUM_CLASSES
+) -> list[tuple[Any, Any]]:
     """A few fixed batches on the device: what the loader would deliver (float, normalised), loader cost excluded."""
     gen = torch.Generator().manual_seed(0)
     batch_size = int(cfg.data.batch_size)
     return [
         (
             torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device),
-            torch.randint(0, NUM_CLASSES, (batch_size,), generator=gen).to(device),
+            torch.randint(0, num_classes, (batch_size,), generator=gen).to(device),
         )
         for _ in range(count)
     ]
@@ -102,34 +104,42 @@ class Cycle(torch.utils.data.IterableDataset):
         return self.steps
 
 
+def images_per_second(stamps: list[float], batch_size: int, device: torch.device, robust: bool = True) -> float:
+    """Throughput from step-start timestamps: on a CPU ``batch / median step time`` (a step slowed by another process
+    on this shared machine does not move a median); on CUDA the host runs ahead of the device, so only the two
+    synchronised end points count, ``steps · batch / elapsed``, as they do with ``robust=False`` (a loader's waits
+    come every few steps: a median would hide them)."""
+    if device.type == "cuda" or not robust:
+        return (len(stamps) - 1) * batch_size / (stamps[-1] - stamps[0])
+    return batch_size / median([b - a for a, b in zip(stamps, stamps[1:])])
+
+
+def _now(device: torch.device, sync: bool) -> float:
+    if sync and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 class StepTimer(pl.Callback):
-    """Wall time from the start of step ``warmup`` to the start of the last step (device synchronised at both ends
-    only, so the timer itself adds two synchronisations per run, outside the steps it measures)."""
+    """Start time of every step from ``warmup`` to ``last`` (see :func:`images_per_second`); on CUDA the device is
+    synchronised at those two steps only, so the timer adds no synchronisation to the steps it measures."""
 
-    def __init__(self, warmup: int, device: torch.device) -> None:
-        self.warmup, self.device = warmup, device
-        self.start: float | None = None
-        self.end: float | None = None
-        self.steps = 0
-
-    def _now(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
+    def __init__(self, warmup: int, last: int, device: torch.device) -> None:
+        self.warmup, self.last, self.device = warmup, last, device
+        self.stamps: list[float] = []
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = self._now()
-        elif trainer.global_step > self.warmup:
-            self.end, self.steps = self._now(), trainer.global_step - self.warmup
+        if self.warmup <= trainer.global_step <= self.last:
+            self.stamps.append(_now(self.device, trainer.global_step in (self.warmup, self.last)))
 
 
 def facetrain_run(
     cfg: DictConfig, batches: list[tuple[Any, Any]], steps: int, warmup: int, device: torch.device, **trainer: Any
 ) -> tuple[float, pl.Trainer, list[pl.Callback]]:
     """Images/s of the facetrain loop (module, callbacks, loggers from ``cfg``) over ``steps`` steps after warm-up."""
-    timer = StepTimer(warmup, device)
-    model = instantiate(cfg.model, num_classes=NUM_CLASSES)
+    trainer_robust = trainer.pop("robust", True)
+    timer = StepTimer(warmup, warmup + steps, device)
+    model = instantiate(cfg.model, num_classes=trainer.pop("num_classes", NUM_CLASSES))
     # Counters first, so that the epoch-end work of the other callbacks falls outside every step's window.
     callbacks = [*trainer.pop("extra_callbacks", []), timer, *instantiate_named(cfg.get("callbacks"))]
     fit = instantiate(
@@ -142,8 +152,7 @@ def facetrain_run(
         **trainer,
     )
     fit.fit(model, train_dataloaders=torch.utils.data.DataLoader(Cycle(batches, warmup + steps + 1), batch_size=None))
-    assert timer.start is not None and timer.end is not None
-    return timer.steps * len(batches[0][1]) / (timer.end - timer.start), fit, callbacks
+    return images_per_second(timer.stamps, len(batches[0][1]), device, trainer_robust), fit, callbacks
 
 
 def plain_run(cfg: DictConfig, batches: list[tuple[Any, Any]], steps: int, warmup: int, device: torch.device) -> float:
@@ -160,12 +169,10 @@ def plain_run(cfg: DictConfig, batches: list[tuple[Any, Any]], steps: int, warmu
     autocast = autocast_for(str(cfg.trainer.precision), device)
     backbone.train()
     head.train()
-    start = 0.0
+    stamps: list[float] = []
     for step in range(total):
-        if step == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
+        if warmup <= step <= warmup + steps:  # the same steps as StepTimer: starts of steps warmup .. warmup+steps
+            stamps.append(_now(device, step in (warmup, warmup + steps)))
         images, labels = batches[step % len(batches)]
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -177,9 +184,7 @@ def plain_run(cfg: DictConfig, batches: list[tuple[Any, Any]], steps: int, warmu
         if scheduler is not None:
             scheduler.step()
         head.on_optimizer_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (steps + 1) * len(batches[0][1]) / (time.perf_counter() - start)
+    return images_per_second(stamps, len(batches[0][1]), device)
 
 
 def autocast_for(precision: str, device: torch.device) -> Callable[[], Any]:
@@ -332,12 +337,13 @@ def bench_backbone(args: argparse.Namespace, backbone: str, out: Path) -> dict[s
     if peak is not None:
         result.update(peak_tflops=peak / 1e12, fraction_of_peak=round(achieved / peak, 4))
     if args.loader:
-        result["loader"] = loader_share(args, backbone, device, median(ours), out / f"{backbone}_loader")
+        result["loader"] = loader_share(args, backbone, device, out / f"{backbone}_loader")
     return result
 
 
-def loader_share(args: argparse.Namespace, backbone: str, device: torch.device, memory_ips: float, out: Path) -> dict:
-    """Images/s with the real loader on the synthetic tree (data=synthetic, its workers and transforms)."""
+def loader_share(args: argparse.Namespace, backbone: str, device: torch.device, out: Path) -> dict:
+    """Images/s with the real loader on the synthetic tree (data=synthetic, its workers and transforms) against the
+    same run on in-memory batches, both as elapsed time over the steps (the loader's waits come every few steps)."""
     overrides = [
         f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
         f"trainer.precision={args.precision}",
@@ -347,7 +353,7 @@ def loader_share(args: argparse.Namespace, backbone: str, device: torch.device, 
     cfg = compose_config(backbone, args.batch_size, args.image_size, overrides, out)
     datamodule = instantiate(cfg.data)
     _ = datamodule.num_classes  # generates the synthetic tree on first use
-    timer = StepTimer(args.warmup, device)
+    timer = StepTimer(args.warmup, args.warmup + args.steps, device)
     model = instantiate(cfg.model, num_classes=datamodule.num_classes)
     fit = instantiate(
         cfg.trainer,
@@ -358,7 +364,11 @@ def loader_share(args: argparse.Namespace, backbone: str, device: torch.device, 
         enable_model_summary=False,
     )
     fit.fit(model, datamodule=datamodule)
-    ips = timer.steps * args.batch_size / (timer.end - timer.start)
+    ips = images_per_second(timer.stamps, args.batch_size, device, robust=False)
+    batches = memory_batches(cfg, args.image_size, device, num_classes=datamodule.num_classes)
+    memory_ips = facetrain_run(
+        cfg, batches, args.steps, args.warmup, device, robust=False, num_classes=datamodule.num_classes
+    )[0]
     return {
         "img_per_s": round(ips, 2),
         "in_memory_img_per_s": round(memory_ips, 2),
