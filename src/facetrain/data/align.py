@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from facetrain.utils.io import atomic_write
 
 # protocols.md §4.4 [S4][S28a]: (x, y) of l-eye, r-eye, nose, l-mouth, r-mouth.
 SPHEREFACE_112x96 = np.array(
@@ -294,11 +295,8 @@ def align_file(
     ok, buf = cv2.imencode(ext, aligned, params)
     if not ok:
         raise ValueError(f"cannot encode {ext}")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=".align-", suffix=ext)
-    with os.fdopen(fd, "wb") as f:
+    with atomic_write(dst, "wb") as f:
         f.write(buf.tobytes())
-    os.replace(tmp, dst)
 
 
 AlignJob = tuple[

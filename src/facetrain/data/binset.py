@@ -29,7 +29,6 @@ import importlib
 import logging
 import os
 import pickle
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ import torch
 from torch.utils.data import Dataset
 
 from facetrain.data.images import Transform, encoded_size, to_tensor
+from facetrain.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -329,15 +329,8 @@ def _pack_image_size(path: Path, images: Sequence[bytes], image_size: Sequence[i
 
 def _dump_atomic(path: Path, obj: Any) -> Path:
     """``pickle.dump(obj, HIGHEST_PROTOCOL)`` through a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
     return path
 
 

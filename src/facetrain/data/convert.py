@@ -18,9 +18,8 @@ import numpy as np
 
 from facetrain.data.binset import write_bin, write_video_bin
 from facetrain.data.images import scan_identity_folders
-from facetrain.data.protocols import check_images_exist, list_frames, read_lfw_pairs, read_ytf_splits
+from facetrain.data.protocols import check_images_exist, fold_ids, list_frames, read_lfw_pairs, read_ytf_splits
 from facetrain.data.recordio import PackInfo, RecordIOFaces, write_recordio
-from facetrain.evaluation.verification import fold_ids
 
 __all__ = [
     "folders_to_recordio",
@@ -177,7 +176,7 @@ def ytf_splits_to_bin(
 
     Each pair stores its two videos as lists of the unchanged frame-file bytes in frame order
     (:func:`facetrain.data.binset.write_video_bin`); a video in several pairs is stored once. The pack keeps pair
-    order, and a reader recovers the splits as consecutive blocks (:func:`~facetrain.evaluation.verification.fold_ids`),
+    order, and a reader recovers the splits as consecutive blocks (:func:`~facetrain.data.protocols.fold_ids`),
     so a splits file whose splits are not such blocks is refused rather than silently re-folded.
 
     Args:

@@ -45,7 +45,7 @@ from facetrain.data.noise import LabelNoiseConfig, NoiseRecord, apply_label_nois
 from facetrain.data.overlap import IdentityList, drop_empty_classes, exclude_identities, load_identity_list
 from facetrain.data.sampler import EpochSeeded, ResumableSampler
 from facetrain.data.shared_batches import DEFAULT_SLOTS
-from facetrain.utils.io import write_json_atomic
+from facetrain.utils.io import atomic_write, write_json_atomic
 from facetrain.utils.schema import Constraint, Interval, OneOf
 
 log = logging.getLogger(__name__)
@@ -412,12 +412,11 @@ class FaceDataModule(pl.LightningDataModule):
         if self._noise is not None:
             write_noise_csv(directory / NOISE_FILE, self._noise, self._paths)
         if self._bad:
-            tmp = directory / f".{BAD_IMAGES_FILE}.tmp"
-            tmp.write_text(
-                f"# {len(self._bad)} training images skipped (data.verify_images={self.verify_images}, "
-                "data.on_bad_image=skip): path<TAB>reason\n" + "".join(f"{p}\t{r}\n" for p, r in self._bad)
-            )
-            os.replace(tmp, directory / BAD_IMAGES_FILE)
+            with atomic_write(directory / BAD_IMAGES_FILE, "w") as f:
+                f.write(
+                    f"# {len(self._bad)} training images skipped (data.verify_images={self.verify_images}, "
+                    "data.on_bad_image=skip): path<TAB>reason\n" + "".join(f"{p}\t{r}\n" for p, r in self._bad)
+                )
         log.info("data records written to %s", directory)
 
     # -------------------------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from facetrain.utils.io import atomic_write
+
 NOISE_KINDS = ("none", "symmetric", "outlier")
 MAX_RATE = 0.6  # NoiseFace's highest rate [S34]; beyond it most labels are wrong and the task is no longer defined
 
@@ -215,7 +217,6 @@ def write_noise_csv(path: str | os.PathLike, record: NoiseRecord, paths: Sequenc
     through a temporary file and a rename, so a crash never leaves half a record.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = ["index", "true_label", "noisy_label"]
     columns: list[np.ndarray] = [record.indices, record.true_labels, record.noisy_labels]
     if record.donor_indices is not None:
@@ -228,10 +229,8 @@ def write_noise_csv(path: str | os.PathLike, record: NoiseRecord, paths: Sequenc
         if record.donor_indices is not None:
             header.append("donor_path")
             columns.append(np.asarray([paths[int(i)] for i in record.donor_indices]))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(zip(*(c.tolist() for c in columns)))
-    os.replace(tmp, path)
     return path

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,11 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from facetrain.data.folds import fold_ids  # re-exported: the protocol files define the folds
 from facetrain.data.images import IMAGE_EXTENSIONS
+from facetrain.utils.io import atomic_write
 
 __all__ = [
     "PairList",
     "check_images_exist",
+    "fold_ids",
     "list_frames",
     "read_lfw_pairs",
     "read_text_lines",
@@ -459,17 +461,10 @@ def list_frames(
     return [os.path.join(video_dir, frames[i]) for i in select_frames(len(frames), frames_per_video, first_k)]
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file and ``os.replace`` so readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_lines(path: str | os.PathLike[str], lines: Iterable[str]) -> None:
+    """Write ``lines`` as UTF-8 text with ``\\n`` endings, atomically (readers never see a partial protocol file)."""
+    with atomic_write(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("".join(f"{line}\n" for line in lines))
 
 
 def write_lfw_pairs(
@@ -498,7 +493,7 @@ def write_lfw_pairs(
             )
         out.extend(f"{name}\t{n1}\t{n2}" for name, n1, n2 in matched)
         out.extend(f"{a}\t{n1}\t{b}\t{n2}" for a, n1, b, n2 in mismatched)
-    _atomic_write_text(Path(path), "\n".join(out) + "\n")
+    _write_lines(path, out)
 
 
 def write_ytf_splits(path: str | os.PathLike[str], rows: Iterable[tuple[int, int, str, str, bool | int]]) -> None:
@@ -510,4 +505,4 @@ def write_ytf_splits(path: str | os.PathLike[str], rows: Iterable[tuple[int, int
     """
     out = [YTF_HEADER]
     out.extend(f"{split}, {pair}, {a}, {b}, {int(bool(same))}" for split, pair, a, b, same in rows)
-    _atomic_write_text(Path(path), "\n".join(out) + "\n")
+    _write_lines(path, out)

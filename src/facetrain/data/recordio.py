@@ -23,13 +23,13 @@ Layout:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 
 from facetrain.data.images import CollatedBatch, Transform, Uint8CHW, decode_batch, to_tensor
 from facetrain.data.shared_batches import DEFAULT_SLOTS
+from facetrain.utils.io import atomic_write
 
 __all__ = [
     "MAGIC",
@@ -584,6 +585,53 @@ def _check_label(label: Any, position: int) -> int:
     return value
 
 
+def _write_records(
+    rec: IO[bytes], idx: IO[str], items: Iterable[tuple[bytes, int]], header_record: bool
+) -> tuple[int, int]:
+    """Write :func:`write_recordio`'s records and index lines to open files.
+
+    Returns:
+        The number of images and the largest label.
+    """
+
+    def write(key: int, payload: bytes) -> None:
+        idx.write(f"{key}\t{rec.tell()}\n")
+        rec.write(encode_record(payload))
+
+    key = 1 if header_record else 0
+    identities: list[list[int]] = []  # [label, first key, end key]
+    n = max_label = 0
+    for position, (data, label) in enumerate(items):
+        value = _check_label(label, position)
+        if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+            raise ValueError(
+                f"write_recordio: item {position}: image must be non-empty bytes, "
+                f"got {type(data).__name__} {data!r:.40}"
+            )
+        if header_record:
+            if identities and value < identities[-1][0]:
+                raise ValueError(
+                    f"write_recordio: item {position}: label {value} after {identities[-1][0]}; "
+                    "with header_record=True labels must be non-decreasing (grouped by identity)"
+                )
+            if not identities or value != identities[-1][0]:
+                identities.append([value, key, key])
+            identities[-1][2] = key + 1
+        write(key, pack(IRHeader(0, float(value), key, 0), data))
+        key += 1
+        n += 1
+        max_label = max(max_label, value)
+    if n == 0:
+        raise ValueError("write_recordio: no items to write")
+    if header_record:
+        first_identity = key
+        for _, start, end in identities:
+            write(key, pack(IRHeader(2, (float(start), float(end)), key, 0)))
+            key += 1
+        write(0, pack(IRHeader(2, (float(first_identity), float(key)), 0, 1)))
+    return n, max_label
+
+
 def write_recordio(
     prefix: str | os.PathLike,
     items: Iterable[tuple[bytes, int]],
@@ -619,59 +667,13 @@ def write_recordio(
             message names the item position.
     """
     rec_path, idx_path, prop_path = pack_paths(prefix)
-    rec_path.parent.mkdir(parents=True, exist_ok=True)
-    temps: list[Path] = []
-
-    def temp_for(path: Path) -> Any:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        temps.append(Path(name))
-        return os.fdopen(fd, "wb" if path.suffix == ".rec" else "w")
-
-    try:
-        with temp_for(rec_path) as rec, temp_for(idx_path) as idx:
-
-            def write(key: int, payload: bytes) -> None:
-                idx.write(f"{key}\t{rec.tell()}\n")
-                rec.write(encode_record(payload))
-
-            key = 1 if header_record else 0
-            identities: list[list[int]] = []  # [label, first key, end key]
-            n = max_label = 0
-            for position, (data, label) in enumerate(items):
-                value = _check_label(label, position)
-                if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
-                    raise ValueError(
-                        f"write_recordio: item {position}: image must be non-empty bytes, "
-                        f"got {type(data).__name__} {data!r:.40}"
-                    )
-                if header_record:
-                    if identities and value < identities[-1][0]:
-                        raise ValueError(
-                            f"write_recordio: item {position}: label {value} after {identities[-1][0]}; "
-                            "with header_record=True labels must be non-decreasing (grouped by identity)"
-                        )
-                    if not identities or value != identities[-1][0]:
-                        identities.append([value, key, key])
-                    identities[-1][2] = key + 1
-                write(key, pack(IRHeader(0, float(value), key, 0), data))
-                key += 1
-                n += 1
-                max_label = max(max_label, value)
-            if n == 0:
-                raise ValueError("write_recordio: no items to write")
-            if header_record:
-                first_identity = key
-                for _, start, end in identities:
-                    write(key, pack(IRHeader(2, (float(start), float(end)), key, 0)))
-                    key += 1
-                write(0, pack(IRHeader(2, (float(first_identity), float(key)), 0, 1)))
+    # One stack for all files: an error anywhere discards every one of them. Exits run last-in first-out, so the
+    # renames go property, .rec, .idx: the index, by which readers find the pack, appears last.
+    with contextlib.ExitStack() as files:
+        idx = files.enter_context(atomic_write(idx_path, "w"))
+        rec = files.enter_context(atomic_write(rec_path, "wb"))
+        n, max_label = _write_records(rec, idx, items, header_record)
         if write_property:
-            with temp_for(prop_path) as f:
-                f.write(f"{max_label + 1},{image_size[0]},{image_size[1]}\n")
-            os.replace(temps[2], prop_path)
-        os.replace(temps[0], rec_path)
-        os.replace(temps[1], idx_path)
-    finally:
-        for t in temps:
-            t.unlink(missing_ok=True)
+            prop = files.enter_context(atomic_write(prop_path, "w"))
+            prop.write(f"{max_label + 1},{image_size[0]},{image_size[1]}\n")
     return PackInfo(n, max_label + 1, rec_path, idx_path, prop_path if write_property else None)

@@ -29,6 +29,7 @@ from facetrain.data.images import Transform, scan_identity_folders
 from facetrain.data.protocols import (
     PairList,
     check_images_exist,
+    fold_ids,
     list_frames,
     read_lfw_pairs,
     read_ytf_splits,
@@ -54,7 +55,6 @@ from facetrain.evaluation.verification import (
     DEFAULT_FARS,
     FoldScorer,
     MetricReport,
-    fold_ids,
     greater_is_same_for,
     mean_subtracted_scorer,
     pair_scores,
@@ -102,11 +102,18 @@ def _check_fars(name: str, key: str, fars: Sequence[float]) -> tuple[float, ...]
     return values
 
 
-def _tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
-    """The SummaryWriters among the trainer's loggers."""
-    return [
-        logger.experiment for logger in trainer.loggers if hasattr(getattr(logger, "experiment", None), "add_figure")
-    ]
+def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
+    """The TensorBoard writers among the trainer's loggers: the experiments that take figures and histograms.
+
+    Duck-typed rather than ``isinstance(logger, TensorBoardLogger)``, so that any logger whose experiment is a
+    ``SummaryWriter`` (Lightning's or another integration's) receives the curves too.
+    """
+    writers = []
+    for logger in trainer.loggers:
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_figure") and hasattr(experiment, "add_histogram"):
+            writers.append(experiment)
+    return writers
 
 
 class EvaluationCallback(pl.Callback):
@@ -284,7 +291,7 @@ class EvaluationCallback(pl.Callback):
 
     def _publish(self, trainer: pl.Trainer) -> None:
         artifacts = self.artifacts(self._title(trainer.global_step))
-        for writer in _tensorboard_writers(trainer):
+        for writer in tensorboard_writers(trainer):
             for kind, fig, _ in artifacts:
                 writer.add_figure(f"val/{self.name}/{kind}", fig, global_step=trainer.global_step, close=False)
         directory = self.curve_dir(trainer)

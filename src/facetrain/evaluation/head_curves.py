@@ -24,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 
+from facetrain.evaluation.callbacks import tensorboard_writers
 from facetrain.losses.base import CosineHead, FaceHead
 
 log = logging.getLogger(__name__)
@@ -126,16 +127,6 @@ class BoundedSample:
         return len(self._values)
 
 
-def _tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
-    """The SummaryWriters among the trainer's loggers (those with ``add_figure`` / ``add_histogram``)."""
-    writers = []
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_histogram") and hasattr(experiment, "add_figure"):
-            writers.append(experiment)
-    return writers
-
-
 class HeadCurves(pl.Callback):
     """Target-logit curve at the start of training and per-epoch angle histograms.
 
@@ -179,7 +170,7 @@ class HeadCurves(pl.Callback):
         ylabel = "logit / ‖x‖" if isinstance(head, CosineHead) and head.scale is None else "logit"
         fig = target_logit_figure(thetas, *curve, title=_describe(head), ylabel=ylabel)
         self.figure_path = self._save(fig, trainer)
-        for writer in _tensorboard_writers(trainer):
+        for writer in tensorboard_writers(trainer):
             writer.add_figure("head/target_logit", fig, global_step=trainer.global_step, close=False)
 
     def _save(self, fig: Figure, trainer: pl.Trainer) -> Path:
@@ -207,7 +198,7 @@ class HeadCurves(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (self.histograms and trainer.is_global_zero and len(self.target)):
             return
-        for writer in _tensorboard_writers(trainer):
+        for writer in tensorboard_writers(trainer):
             for tag, sample in [("head/theta_target", self.target), ("head/theta_nearest", self.nearest)]:
                 degrees = torch.rad2deg(torch.acos(sample.values().clamp(-1.0, 1.0)))
                 writer.add_histogram(tag, degrees, global_step=trainer.global_step, bins="auto")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,6 +17,8 @@ matplotlib.use("Agg")  # no display on training machines
 
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from facetrain.utils.io import atomic_write  # noqa: E402
 
 __all__ = [
     "dir_far_figure",
@@ -138,17 +139,10 @@ def write_curve_csv(path: str | os.PathLike[str], columns: Mapping[str, Sequence
     lengths = {len(a) for a in arrays.values()}
     if len(lengths) > 1:
         raise ValueError(f"CSV columns differ in length: { {k: len(a) for k, a in arrays.items()} }")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(list(arrays))
-            writer.writerows(zip(*(a.tolist() for a in arrays.values())))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(list(arrays))
+        writer.writerows(zip(*(a.tolist() for a in arrays.values())))
     return path
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from facetrain.data.folds import fold_ids  # re-exported (NumPy only: this module imports no torch)
+
 __all__ = [
     "DEFAULT_FARS",
     "SCORES",
@@ -178,19 +180,6 @@ def check_far(far: float, n_impostors: int, what: str = "impostor pairs") -> Non
             f"FAR={far:g} is below 1/{n_impostors} = {1.0 / n_impostors:.3g}, the smallest non-zero false-accept "
             f"rate {n_impostors} {what} can measure"
         )
-
-
-def fold_ids(n_pairs: int, n_folds: int) -> np.ndarray:
-    """Fold index of each pair when ``n_pairs`` pairs in file order form ``n_folds`` consecutive blocks.
-
-    Block sizes follow ``np.array_split``: the first ``n_pairs % n_folds`` folds hold one pair more, which is also
-    how scikit-learn's ``KFold(shuffle=False)`` (InsightFace's ``LFold``) splits.
-    """
-    if not 2 <= n_folds <= n_pairs:
-        raise ValueError(f"n_folds must be in [2, {n_pairs}] for {n_pairs} pairs, got {n_folds}")
-    return np.concatenate(
-        [np.full(len(block), k) for k, block in enumerate(np.array_split(np.arange(n_pairs), n_folds))]
-    )
 
 
 # --- pair scores ------------------------------------------------------------------------------------------------------

@@ -21,13 +21,12 @@ from torch import nn
 
 from facetrain.evaluation.embed import fuse_flip
 from facetrain.inference.contract import CONTRACT_KEY, Contract, ContractError, contract_from_config
-from facetrain.utils.safe_load import safe_load
+from facetrain.utils.safe_load import CONFIG_KEY, safe_load  # CONFIG_KEY re-exported: the inference API
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CONFIG_KEY", "InferenceModel", "NotAFacetrainModelError", "build_backbone", "load_checkpoint"]
 
-CONFIG_KEY = "facetrain_config"  # where FaceRecognitionModule.on_save_checkpoint stores the resolved run config
 _HYDRA_KEYS = ("_target_", "_partial_", "_convert_", "_recursive_", "_args_")
 
 

@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from facetrain.losses.base import FaceHead, HeadOutput
 from facetrain.models.finetune import apply_finetuning
 from facetrain.training.nonfinite import NonfiniteEvents, nonfinite_flag, skips_on_device
+from facetrain.utils.safe_load import CONFIG_KEY
 from facetrain.utils.schema import Constraint, Interval, OneOf
 
 HeadFactory = Callable[..., nn.Module]
@@ -25,6 +26,9 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
 log = logging.getLogger(__name__)
+
+#: Where a checkpoint keeps the global RNG states (:func:`rng_state`), so a resumed run draws what it would have drawn.
+RNG_KEY = "facetrain_rng"
 
 
 def rng_state() -> dict[str, Any]:
@@ -332,11 +336,11 @@ class FaceRecognitionModule(pl.LightningModule):
                 + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             )
         if self.run_config is not None:
-            checkpoint["facetrain_config"] = self.run_config
-        checkpoint["facetrain_rng"] = rng_state()
+            checkpoint[CONFIG_KEY] = self.run_config
+        checkpoint[RNG_KEY] = rng_state()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Dropout and any other draw from the global generators continue exactly where the checkpoint left them.
         # (The training loader has its own generator, so creating its iterator on resume draws nothing from these.)
-        if "facetrain_rng" in checkpoint:
-            set_rng_state(checkpoint["facetrain_rng"])
+        if RNG_KEY in checkpoint:
+            set_rng_state(checkpoint[RNG_KEY])

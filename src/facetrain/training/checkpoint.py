@@ -1,10 +1,10 @@
 """Checkpoints that survive crashes and cannot run code: atomic writes, safe loads, ``ckpt_path=last``, preemption.
 
-* :class:`SafeCheckpointIO` (a Lightning ``CheckpointIO`` plugin) writes ``<name>.tmp-<pid>`` in the target
-  directory, fsyncs it and renames it over the target, so a crash mid-write leaves the previous file intact (Lightning's
-  default stages the file in the system temp directory and *moves* it, which is a copy when ``/tmp`` is another file
-  system). It loads with ``torch.load(weights_only=True)``: a checkpoint that smuggles a pickled object is refused
-  with :class:`UnsafeCheckpointError` before anything in it runs.
+* :class:`SafeCheckpointIO` (a Lightning ``CheckpointIO`` plugin) writes a temporary file in the target directory,
+  fsyncs it and renames it over the target (:func:`facetrain.utils.io.atomic_write`), so a crash mid-write leaves
+  the previous file intact (Lightning's default stages the file in the system temp directory and *moves* it, which
+  is a copy when ``/tmp`` is another file system). It loads with ``torch.load(weights_only=True)``: a checkpoint
+  that smuggles a pickled object is refused with :class:`UnsafeCheckpointError` before anything in it runs.
 * :func:`find_last_checkpoint` resolves ``ckpt_path=last``: the newest loadable checkpoint among earlier runs of the
   same experiment (same command-line overrides), skipping truncated or unreadable files with a warning.
 * :class:`Preemption` turns SIGTERM/SIGINT into a checkpoint plus a clear message on how to resume.
@@ -24,6 +24,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 # Defined without Lightning so that inference code can load checkpoints through the same check.
+from facetrain.utils.io import atomic_write
 from facetrain.utils.safe_load import UnsafeCheckpointError, safe_load
 
 log = logging.getLogger(__name__)
@@ -56,22 +57,9 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"SafeCheckpointIO does not take storage_options, got {storage_options!r}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half of one
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)  # make the rename itself durable
-        finally:
-            os.close(dir_fd)
+        # fsync: a checkpoint is what a preempted or crashed run resumes from, so it must survive a power loss too.
+        with atomic_write(path, "wb", fsync=True) as f:
+            torch.save(checkpoint, f)
 
     def load_checkpoint(
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None

@@ -1,7 +1,8 @@
 """Weights-only checkpoint loading with clear errors, free of Lightning so that inference code can use it too.
 
-``facetrain.training.checkpoint`` re-exports both names; this module exists so that ``FaceEmbedder`` (which must
-import without Lightning or Hydra) loads checkpoints through the same single check.
+``facetrain.training.checkpoint`` re-exports both functions; this module exists so that ``FaceEmbedder`` (which must
+import without Lightning or Hydra) loads checkpoints through the same single check. It also names the checkpoint
+entry that holds the run config, which the training side writes and the inference side reads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from typing import Any
 
 import torch
 
-__all__ = ["UnsafeCheckpointError", "safe_load"]
+__all__ = ["CONFIG_KEY", "UnsafeCheckpointError", "safe_load"]
+
+# The checkpoint entry holding the resolved run config, written by ``FaceRecognitionModule.on_save_checkpoint`` and
+# read back to rebuild the model. Defined here, below both the models and the inference layer, so both can import it.
+CONFIG_KEY = "facetrain_config"
 
 
 class UnsafeCheckpointError(ValueError):
