@@ -1,7 +1,8 @@
 """Fault tests: kill -9 or SIGTERM mid-epoch, resume, and compare with an uninterrupted run of the same seed.
 
-Each run is ``train.py experiment=smoke`` for 2 epochs with deterministic algorithms on CPU, 2 loader workers, a
-step checkpoint every 3 steps, and :class:`tests.faults.RecordSamples` writing a fingerprint of every training image
+Each run is ``train.py experiment=smoke`` for 2 epochs with deterministic algorithms on CPU, 2 loader workers,
+dropout 0.4 (so the model draws from the global RNG and its restore on resume is tested), a step checkpoint every 3
+steps, and :class:`tests.faults.RecordSamples` writing a fingerprint of every training image
 per step. The guarantees (issue "Training that survives"): no sample repeated or skipped, final weights and metrics
 bit-identical to the uninterrupted run.
 """
@@ -34,6 +35,9 @@ def _args(tmp: Path, name: str, *extra: str) -> list[str]:
         "logger=none",
         "callbacks.step_checkpoint.every_n_train_steps=3",
         "eval.lfw.every_n_epochs=2",
+        # Dropout draws from the global torch RNG every step: without it (the smoke preset has dropout 0) nothing
+        # would show a resume that forgets to restore the RNG state or lets the loader draw from the global RNG.
+        "backbone.dropout=0.4",
         "+callbacks.record._target_=tests.faults.RecordSamples",
         # From the environment, so the resumed run's command (its overrides) is the interrupted one's + ckpt_path.
         "+callbacks.record.path=${oc.env:FACETRAIN_SAMPLES}",

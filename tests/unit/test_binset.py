@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import importlib.util
+import io
 import logging
 import os
 import pickle
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from facetrain.data.binset import (
+    ALLOWED_GLOBALS,
     BinFormatError,
     UnsafeFileError,
     load_bin,
@@ -147,6 +149,112 @@ def test_other_globals_refused(tmp_path: Path) -> None:
     (tmp_path / "codec.bin").write_bytes(crafted)
     with pytest.raises(BinFormatError, match="only latin1 text"):
         load_bin(tmp_path / "codec.bin")
+
+
+# The documented allow-list (binset.ALLOWED_GLOBALS' docstring): byte-string builders and NumPy's array machinery.
+# Pinned exactly: one more name (builtins.getattr, say) turns the gadget pickles below into code execution.
+DOCUMENTED_GLOBALS = {
+    ("_codecs", "encode"),
+    ("builtins", "bytes"),
+    ("__builtin__", "bytes"),
+    ("builtins", "bytearray"),
+    ("__builtin__", "bytearray"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+def test_allow_list_is_exactly_the_documented_set() -> None:
+    assert set(ALLOWED_GLOBALS) == DOCUMENTED_GLOBALS
+
+
+def _global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"  # GLOBAL
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return b"X" + struct.pack("<I", len(data)) + data  # BINUNICODE
+
+
+def _call(fn: bytes, *args: bytes) -> bytes:
+    return fn + b"(" + b"".join(args) + b"tR"  # MARK, args, TUPLE, REDUCE: fn(*args)
+
+
+def getattr_gadget(marker: Path) -> bytes:
+    """``getattr(getattr(getattr(bytes, '__globals__'), 'get')('os'), 'system')('touch <marker>')``, as a .bin.
+
+    ``builtins.bytes`` resolves to the loader's Python wrapper, whose ``__globals__`` is the binset module, which
+    imports ``os``: a chain of attribute lookups from an allowed name to ``os.system``.
+    """
+    getattr_ = _global("builtins", "getattr")
+    module_dict = _call(getattr_, _global("builtins", "bytes"), _text("__globals__"))
+    os_module = _call(_call(getattr_, module_dict, _text("get")), _text("os"))
+    payload = _call(_call(getattr_, os_module, _text("system")), _text(f"touch {marker}"))
+    return b"\x80\x02" + payload + b"]\x86."  # (payload, []): PROTO 2 ... TUPLE2 STOP
+
+
+class Gadget:
+    """``__reduce__`` returning a callable that is itself rebuilt by ``__reduce__`` (pickle nests them)."""
+
+    def __init__(self, fn: object, *args: object) -> None:
+        self.fn, self.args = fn, args
+
+    def __call__(self, *args: object) -> None:  # pickle requires the reduce callable to be callable
+        raise AssertionError("only for pickling")
+
+    def __reduce__(self):  # noqa: ANN204
+        return (self.fn, self.args)
+
+
+def reduce_chains(marker: Path) -> dict[str, object]:
+    """Payloads hidden inside the allowed types' own ``__reduce__`` state, or chained through nested reduces."""
+    command = f"touch {marker}"
+    return {
+        # An object array: ndarray/_reconstruct/dtype are allowed, its items are pickled inline.
+        "object_array": np.array([SystemCall(marker), b"x"], dtype=object),
+        # A dtype's metadata travels in its pickled state.
+        "dtype_metadata": np.dtype(np.uint8, metadata={"x": SystemCall(marker)}),
+        # A reduce whose callable is the result of another reduce: getattr(__import__('os'), 'system')(command).
+        "nested_reduce": Gadget(Gadget(getattr, Gadget(__import__, "os"), "system"), command),
+        # An allowed callable whose argument is built by a forbidden one.
+        "allowed_outer": Gadget(bytearray, Gadget(os.system, command)),
+    }
+
+
+def test_getattr_gadget_is_refused_without_running(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "gadget.bin"
+    path.write_bytes(getattr_gadget(marker))
+    with pytest.raises(UnsafeFileError, match=r"refused to unpickle global builtins\.getattr"):
+        load_bin(path)
+    assert not marker.exists()
+    # The gadget is live: with getattr resolvable (plain pickle), the chain reaches os.system and runs.
+    live = {**ALLOWED_GLOBALS, ("builtins", "getattr"): lambda: getattr}
+
+    class Permissive(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> object:
+            return live[(module, name)]()
+
+    Permissive(io.BytesIO(path.read_bytes())).load()
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.parametrize("kind", ["object_array", "dtype_metadata", "nested_reduce", "allowed_outer"])
+def test_reduce_chains_through_allowed_types_are_refused(tmp_path: Path, kind: str, protocol: int) -> None:
+    marker = tmp_path / "pwned"
+    path = dump(tmp_path / "chain.bin", ([reduce_chains(marker)[kind]], []), protocol)
+    refused = r"refused to unpickle global (posix|os|builtins|__builtin__)\.(system|getattr|__import__)\b"
+    with pytest.raises(UnsafeFileError, match=refused):
+        load_bin(path)
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,20 @@ import time
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from torch.utils.data import DataLoader, TensorDataset
 
-from facetrain.training.checkpoint import SafeCheckpointIO, UnsafeCheckpointError, find_last_checkpoint, safe_load
+from facetrain.training.checkpoint import (
+    Preemption,
+    SafeCheckpointIO,
+    UnsafeCheckpointError,
+    find_last_checkpoint,
+    safe_load,
+)
+from facetrain.utils.instantiate import instantiate
+from tests.conftest import Composer
 
 
 class Smuggler:
@@ -48,6 +59,67 @@ def test_crash_mid_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: py
     monkeypatch.undo()
     assert safe_load(path)["global_step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+class PreemptedAt(pl.LightningModule):
+    """A linear model whose training raises Lightning's ``SIGTERMException`` at ``step``, as a SIGTERM there would."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.step = step
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch: list[torch.Tensor], idx: int) -> torch.Tensor:
+        if self.global_step == self.step:
+            raise SIGTERMException
+        return self.layer(batch[0]).square().mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _preempt(compose_cfg: Composer, step: int) -> Path:
+    """Fits :class:`PreemptedAt` with the shipped trainer and preemption configs; returns the checkpoint directory."""
+    cfg = compose_cfg("trainer.accelerator=cpu", "callbacks=preemption")
+    preemption = instantiate(cfg.callbacks.preemption)
+    assert isinstance(preemption, Preemption)
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=[preemption],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        max_steps=10,
+    )
+    data = DataLoader(TensorDataset(torch.ones(16, 2)), batch_size=2)
+    with pytest.raises(SIGTERMException):
+        trainer.fit(PreemptedAt(step), data)
+    return Path(cfg.callbacks.preemption.dirpath)
+
+
+def test_preemption_checkpoint_crashing_mid_write_keeps_the_previous_one(
+    compose_cfg: Composer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second SIGTERM (or a full disk) while preempted.ckpt is written must not leave half a file where the last
+    # good preemption checkpoint was: ckpt_path=last would then have nothing to resume from.
+    directory = _preempt(compose_cfg, step=2)
+    assert safe_load(directory / "preempted.ckpt")["global_step"] == 2
+
+    def dying_save(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        # Half a checkpoint, then the crash; whether the writer passed a file or a path.
+        if isinstance(f, (str, os.PathLike)):
+            Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        else:
+            f.write(b"PK\x03\x04 half a checkpoint")  # type: ignore[attr-defined]
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        _preempt(compose_cfg, step=3)
+    monkeypatch.undo()
+    assert safe_load(directory / "preempted.ckpt")["global_step"] == 2
+    assert [p.name for p in directory.iterdir()] == ["preempted.ckpt"]  # no temporary file left behind
 
 
 def test_malicious_checkpoint_is_refused_without_running_it(tmp_path: Path) -> None:

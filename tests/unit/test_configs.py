@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import MissingConfigException
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 
 from facetrain.utils.instantiate import instantiate, instantiate_named
@@ -61,9 +62,33 @@ def test_every_logger_builds(compose_cfg, option: str) -> None:
         assert Path(logger.save_dir).is_relative_to(Path(cfg.paths.output_dir))
 
 
+def _stored(obj: object, key: str) -> tuple[bool, object]:
+    """``obj``'s value for constructor argument ``key`` where it keeps it under that name or ``_<key>``."""
+    for name in (key, f"_{key}"):
+        if name in vars(obj):
+            return True, vars(obj)[name]
+    return False, None
+
+
 @pytest.mark.parametrize("option", _options("callbacks"))
 def test_every_callbacks_option_builds(compose_cfg, option: str) -> None:
-    instantiate_named(compose_cfg(f"callbacks={option}").callbacks)
+    cfg = compose_cfg(f"callbacks={option}")
+    nodes = OmegaConf.to_container(cfg.callbacks, resolve=True, throw_on_missing=True) or {}
+    built = instantiate_named(cfg.callbacks)
+    if option == "none":
+        assert built == []
+    elif option != "default":
+        assert list(nodes) == [option]  # callbacks/<name>.yaml defines callbacks.<name> (what overrides address)
+    assert len(built) == len(nodes)
+    output_dir = Path(cfg.paths.output_dir).resolve()
+    for (name, node), callback in zip(nodes.items(), built, strict=True):
+        assert type(callback) is get_object(node["_target_"]), name
+        for key, value in node.items():
+            found, stored = _stored(callback, key)
+            if key == "dirpath":  # every file a callback writes goes into this run's directory
+                assert found and Path(stored).resolve().is_relative_to(output_dir), (name, stored)
+            elif found and not key.startswith("_"):
+                assert stored == value, f"callbacks.{name}.{key}: built {stored!r}, configured {value!r}"
 
 
 @pytest.mark.parametrize("option", ["sgd", "adamw"])
@@ -80,10 +105,32 @@ def test_optimizers_and_schedulers(compose_cfg, option: str) -> None:
         assert max(lrs) == pytest.approx(cfg.optimizer.lr)
 
 
-def test_experiments_compose(compose_cfg) -> None:
-    for option in _options("experiment"):
-        cfg = compose_cfg(f"experiment={option}")
-        OmegaConf.to_container(cfg.model, resolve=False)
+def _leaves(node: dict, prefix: str = "") -> dict[str, object]:
+    """Dotted key -> value of every leaf of a plain nested dict (lists are leaves)."""
+    out: dict[str, object] = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@pytest.mark.parametrize("option", _options("experiment"))
+def test_experiments_compose(compose_cfg, option: str) -> None:
+    cfg = compose_cfg(f"experiment={option}")
+    # Every interpolation resolves (a misspelt ${paths.x} or a missing ??? fails here, not hours into a run); real
+    # data paths only resolve to paths under paths.data_dir, nothing is read.
+    resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert Path(resolved["paths"]["output_dir"]) == Path(cfg.paths.output_dir)
+    # What the experiment file itself sets is what the run gets (it is applied last, after the group defaults).
+    own = OmegaConf.to_container(OmegaConf.load(CONFIGS / "experiment" / f"{option}.yaml"), resolve=False)
+    own.pop("defaults", None)
+    composed = _leaves(OmegaConf.to_container(cfg, resolve=False))  # unresolved, as the file writes them
+    for key, value in _leaves(own).items():
+        assert composed.get(key) == value, f"experiment={option}: {key}"
+    # The module is built from the composed head and backbone (model.head: ${loss}, model.backbone: ${backbone}).
+    assert resolved["model"]["head"] == resolved["loss"] and resolved["model"]["backbone"] == resolved["backbone"]
 
 
 def test_unknown_option_lists_valid_ones(compose_cfg) -> None:

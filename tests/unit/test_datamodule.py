@@ -374,3 +374,55 @@ def test_uint8_train_loader_fetches_whole_batches_like_the_per_sample_path(casia
     for (images, labels), (ref_images, ref_labels) in zip(fast, slow, strict=True):
         assert images.dtype == torch.uint8 and images.shape == (4, 3, 24, 24) and labels.dtype == torch.int64
         assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)
+
+
+def test_training_loader_iterator_draws_nothing_from_the_global_rng(casia: Path, tmp_path: Path) -> None:
+    # A resume restores the global RNG (dropout) from the checkpoint, then builds the loader's iterator: if that drew
+    # its base seed from the global generator, every later dropout mask would differ from the uninterrupted run's.
+    dm = make(casia, tmp_path)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    before = torch.get_rng_state()
+    iter(loader)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_noise_record_and_training_labels_are_one_application_of_the_noise(casia: Path, tmp_path: Path) -> None:
+    # Known answer, transcribed from noise.py's documented algorithm rather than calling it: the same seed applied
+    # twice picks the same indices again, so only the labels themselves tell one application from two.
+    rate, seed = 0.25, 1
+    dm = make(casia, tmp_path, label_noise={"kind": "symmetric", "rate": rate, "seed": seed})
+    clean = make(casia, tmp_path / "clean")
+    dm.setup("fit")
+    clean.setup("fit")
+    labels, c = np.asarray(clean.train_set.labels), clean.num_classes
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(labels), size=round(rate * len(labels)), replace=False))
+    expected = labels.copy()
+    expected[idx] = (labels[idx] + rng.integers(1, c, size=len(idx))) % c
+    assert np.array_equal(dm.train_set.labels, expected)
+    rows = list(csv.DictReader((tmp_path / "run" / "label_noise.csv").read_text().splitlines()))
+    assert [int(r["index"]) for r in rows] == idx.tolist()
+    assert [int(r["true_label"]) for r in rows] == labels[idx].tolist()  # the identity actually in the image
+    assert [int(r["noisy_label"]) for r in rows] == expected[idx].tolist()  # the label trained on
+    record = dm.noise_record
+    assert np.array_equal(record.true_labels, labels[idx]) and np.array_equal(record.noisy_labels, expected[idx])
+
+
+def test_outlier_images_are_one_application_of_the_noise(casia: Path, tmp_path: Path) -> None:
+    # Each victim shows its donor's own image; swapping twice would show the donor's donor wherever a donor is itself
+    # a victim.
+    dm = make(casia, tmp_path, label_noise={"kind": "outlier", "rate": 0.5, "seed": 3})
+    clean = make(casia, tmp_path / "clean")
+    dm.setup("fit")
+    clean.setup("fit")
+    rows = list(csv.DictReader((tmp_path / "run" / "label_noise.csv").read_text().splitlines()))
+    expected = list(clean.train_set.paths)
+    for r in rows:
+        expected[int(r["index"])] = clean.train_set.paths[int(r["donor_index"])]
+        assert int(r["noisy_label"]) == clean.train_set.labels[int(r["index"])]  # labels are kept
+        assert int(r["true_label"]) == clean.train_set.labels[int(r["donor_index"])]
+    assert list(dm.train_set.paths) == expected
+    assert np.array_equal(dm.train_set.labels, clean.train_set.labels)
+    victims = {int(r["index"]) for r in rows}
+    assert victims & {int(r["donor_index"]) for r in rows}  # the case where a second swap would show

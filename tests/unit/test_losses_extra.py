@@ -249,6 +249,26 @@ def test_curricularface_head_matches_official_form_over_steps() -> None:
     assert head.log_values()["curricular_t"] == head.t
 
 
+def test_curricularface_fallback_target_keeps_the_official_hard_negative_threshold() -> None:
+    # θ_y = 3.0 > π − m: the target takes the fallback cos θ_y − m·sin(π − m) ≈ −1.230, but hard negatives are still
+    # those above cos(θ_y + m) = cos 3.5 ≈ −0.936 (official head/metrics.py). Negatives in between (−0.96, −1.0) must
+    # stay unchanged; −0.93 and 0.1 are hard and reweighted.
+    m, t, s = 0.5, torch.tensor(0.2, dtype=torch.float64), 64.0
+    target = math.cos(3.0)
+    cos = torch.tensor([[target, -0.96, -1.0, -0.93, 0.1], [0.5, 0.7, -0.96, 0.2, 0.0]], dtype=torch.float64)
+    y = torch.tensor([0, 0])
+    assert target - m * math.sin(math.pi - m) < -1.0 < -0.96 < math.cos(3.0 + m) < -0.93
+    expected, t_next = curricular_reference(cos, y, t, m, s)  # t is updated before use, as in the official code
+    out = LF.curricularface_logits(cos, y, m, t_next)
+    torch.testing.assert_close(out * s, expected)
+    assert out[0, 1] == -0.96 and out[0, 2] == -1.0
+    torch.testing.assert_close(out[0, 3], torch.tensor(-0.93 * (float(t_next) - 0.93), dtype=torch.float64))
+    # The head's own margin (what its forward uses) gives the same.
+    head = CurricularFaceHead(D, 5, margin=m).double()
+    head.t.fill_(float(t_next))
+    torch.testing.assert_close(head.margin(cos, y) * s, expected)
+
+
 def adaface_reference(x, w, y, mean, std, m=0.4, h=0.333, s=64.0, alpha=0.01):
     """Official mk-minchul/AdaFace ``head.py`` forward on (normalised embedding, norm), written out."""
     norms = x.norm(dim=1, keepdim=True).clamp(0.001, 100).detach()

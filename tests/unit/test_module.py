@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from facetrain.losses import ArcFaceHead
-from facetrain.models.module import FaceRecognitionModule, angle_stats, target_and_nearest_cosines
+from facetrain.models.module import (
+    FaceRecognitionModule,
+    angle_stats,
+    rng_state,
+    set_rng_state,
+    target_and_nearest_cosines,
+)
+from facetrain.training.checkpoint import SafeCheckpointIO
 
 EMBED, CLASSES = 8, 4
 
@@ -262,3 +271,36 @@ def test_first_update_checks_on_the_host_so_fused_sgd_never_keeps_uninitialised_
     assert int(fused.nonfinite_skipped) == int(plain.nonfinite_skipped) == 1
     for a, b in zip(fused.parameters(), plain.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+# --- global RNG state in checkpoints (bit-exact resume) ----------------------------------------------------------
+
+
+def _draws() -> tuple[list[float], list[float], list[float]]:
+    """A few draws from each global generator a training step may use (dropout, augmentation, user code)."""
+    return torch.rand(4).tolist(), np.random.rand(4).tolist(), [random.random() for _ in range(4)]
+
+
+def test_rng_state_round_trip_replays_torch_numpy_and_python_draws(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    state = rng_state()
+    first = _draws()
+    set_rng_state(state)
+    assert _draws() == first
+    # Through a checkpoint file, loaded weights-only as every resume does: still the same draws.
+    SafeCheckpointIO().save_checkpoint({"facetrain_rng": state}, tmp_path / "rng.ckpt")
+    _draws()  # move every generator on, so that only a real restore gives ``first`` again
+    set_rng_state(SafeCheckpointIO().load_checkpoint(tmp_path / "rng.ckpt")["facetrain_rng"])
+    assert _draws() == first
+
+
+def test_checkpoint_hooks_restore_the_global_rng_on_load() -> None:
+    module = _module()
+    checkpoint: dict[str, object] = {}
+    module.on_save_checkpoint(checkpoint)
+    after_save = _draws()  # what the uninterrupted run draws next (dropout masks, ...)
+    _draws()  # the killed run went on drawing; a resumed process starts from an unrelated state
+    module.on_load_checkpoint(checkpoint)
+    assert _draws() == after_save
