@@ -14,7 +14,7 @@ install: ## Create .venv and install facetrain (editable) with its test tools
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install -e ".[dev]"
 
-test: ## Run the whole test suite (unit + end-to-end; about 4 minutes on 2 CPU cores)
+test: ## Run the whole test suite (unit + end-to-end; about 12 minutes on 2 CPU cores)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
 test-fast: ## Unit tests only (no subprocess training runs)
