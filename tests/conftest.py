@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
@@ -66,3 +67,16 @@ def run_train(
 ) -> subprocess.CompletedProcess:
     """Run ``python train.py <args>`` and return the finished process (output captured as text)."""
     return run_script("train.py", *args, cwd=cwd, timeout=timeout, env=env)
+
+
+def bare_cpu_trainer(**kwargs: object) -> pl.Trainer:
+    """A Lightning Trainer on the CPU with nothing around the loop (no logger, checkpoints, progress bar or model
+    summary), for tests of the training module itself; keyword arguments are added or override."""
+    settings: dict[str, object] = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(**{**settings, **kwargs})

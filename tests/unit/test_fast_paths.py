@@ -5,13 +5,13 @@ from __future__ import annotations
 import copy
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from facetrain.losses import CamSoftmaxHead
 from facetrain.models.module import FaceRecognitionModule
+from tests.conftest import bare_cpu_trainer
 
 
 class TinyConvNet(nn.Module):
@@ -43,13 +43,8 @@ def _module(backbone: nn.Module, **options: bool) -> FaceRecognitionModule:
 def _fit(module: FaceRecognitionModule, steps: int = 4) -> None:
     gen = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(32, 3, 16, 16, generator=gen), torch.randint(0, 5, (32,), generator=gen))
-    trainer = pl.Trainer(
+    trainer = bare_cpu_trainer(
         max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, DataLoader(data, batch_size=8))
 

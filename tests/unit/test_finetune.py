@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import pytorch_lightning as pl
 import timm
 import torch
 from safetensors.torch import save_file
@@ -18,6 +17,7 @@ from facetrain.models.backbone import FaceBackbone
 from facetrain.models.finetune import INIT_RECORD_FILE
 from facetrain.models.module import FaceRecognitionModule
 from facetrain.tasks.train import train
+from tests.conftest import bare_cpu_trainer
 from tests.inference_helpers import make_checkpoint, run_config
 
 CONFIG = run_config("resnet18", 32, embedding_size=16)
@@ -43,13 +43,8 @@ def _module(num_classes: int, **finetune: object) -> FaceRecognitionModule:
 def _fit(module: FaceRecognitionModule, steps: int = 3) -> None:
     gen = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.rand(24, 3, 32, 32, generator=gen), torch.randint(0, module.num_classes, (24,)))
-    trainer = pl.Trainer(
+    trainer = bare_cpu_trainer(
         max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
     )
     trainer.fit(module, DataLoader(data, batch_size=8))
 

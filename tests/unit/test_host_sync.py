@@ -7,7 +7,6 @@ indexing, ...); on a CPU every tensor is a host tensor, so a read it counts here
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
 from torch import nn
@@ -17,6 +16,7 @@ import facetrain.losses as heads
 from facetrain.models.module import FaceRecognitionModule
 from facetrain.tasks.train import train
 from facetrain.training.host_sync import HostReadCounter, HostReadsPerStep
+from tests.conftest import bare_cpu_trainer
 
 HEADS = sorted(n for n in heads.__all__ if n.endswith("Head") and n not in ("FaceHead", "CosineHead"))
 
@@ -68,14 +68,9 @@ def test_no_head_reads_the_device_on_a_step_that_does_not_log(head: str) -> None
     gen = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(48, 8, generator=gen), torch.randint(0, 4, (48,), generator=gen))
     per_step = HostReadsPerStep()
-    trainer = pl.Trainer(
+    trainer = bare_cpu_trainer(
         max_steps=12,
-        accelerator="cpu",
         log_every_n_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         callbacks=[per_step],
     )
     trainer.fit(module, DataLoader(data, batch_size=4))

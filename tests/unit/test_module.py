@@ -22,6 +22,7 @@ from facetrain.models.module import (
     target_and_nearest_cosines,
 )
 from facetrain.training.checkpoint import SafeCheckpointIO
+from tests.conftest import bare_cpu_trainer
 
 EMBED, CLASSES = 8, 4
 
@@ -81,13 +82,8 @@ class RecordOutputs(pl.Callback):
 def _fit(module: FaceRecognitionModule, max_steps: int, **trainer_kwargs: object) -> pl.Trainer:
     gen = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(32, EMBED, generator=gen), torch.randint(0, CLASSES, (32,), generator=gen))
-    trainer = pl.Trainer(
+    trainer = bare_cpu_trainer(
         max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         **trainer_kwargs,
     )
     trainer.fit(module, DataLoader(data, batch_size=4))
