@@ -347,3 +347,20 @@ def test_bad_argument_names_it(tmp_path: Path, name: str, value: object) -> None
 def test_render_rejects_unknown_split(small: SyntheticFaces) -> None:
     with pytest.raises(ValueError, match="split"):
         small.render("casia", 0, 0)
+
+
+_PARENT_PID = os.getpid()
+
+
+def _crashing_job(value: int) -> int:
+    """A render job that kills any worker process it runs in (a crash: mp.Pool would wait for its task forever)."""
+    if os.getpid() != _PARENT_PID:
+        os._exit(1)
+    return value
+
+
+def test_a_dying_render_worker_falls_back_to_this_process_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+    from facetrain.data import synthetic
+
+    monkeypatch.setattr(synthetic, "_run_job", _crashing_job)
+    assert synthetic._run_jobs(list(range(1, 9)), workers=2) == sum(range(1, 9))

@@ -28,6 +28,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
@@ -769,10 +771,18 @@ def _run_jobs(jobs: list[_Job], workers: int) -> int:
     # fork copies OpenCV's thread-pool bookkeeping but not its threads, so a child's first parallel OpenCV call
     # would wait forever on them if this process had used OpenCV before. With the pool shrunk to one thread while
     # forking, children inherit no pool. (fork rather than spawn: no re-import of the caller's __main__.)
-    with _opencv_threads(1):
-        pool = mp.get_context("fork").Pool(workers, initializer=_worker_init)
-    with pool:
-        return sum(pool.imap_unordered(_run_job, jobs, chunksize=4))
+    # A ProcessPoolExecutor, not mp.Pool: when a worker dies (a crash in a forked child), mp.Pool waits forever for
+    # its lost task, and the other workers can block on a queue lock it held; the executor raises BrokenProcessPool.
+    # The jobs are pure functions of their parameters, so rendering them all again in this process is exact.
+    try:
+        with (
+            _opencv_threads(1),
+            ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_worker_init) as pool,
+        ):
+            return sum(pool.map(_run_job, jobs, chunksize=4))
+    except BrokenProcessPool as error:
+        logger.warning("synthetic: a render worker died (%s); rendering the %d jobs in this process", error, len(jobs))
+        return sum(_run_job(job) for job in jobs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
