@@ -1,4 +1,5 @@
-"""Two-process CPU DDP (gloo): training runs, and the sharded evaluation equals a single-process evaluation."""
+"""Two-process CPU DDP (gloo): training runs (with a Partial FC classifier), and the sharded evaluation equals a
+single-process evaluation."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ def test_ddp_two_cpu_processes_match_single_process_eval(tmp_path: Path) -> None
         "trainer.devices=2",
         # An odd image count per set makes the distributed shards unequal, so padding must be removed again.
         "synthetic.lfw_pairs_per_fold=5",
+        # A Partial FC classifier over 21 classes: unequal blocks (11 + 10) whose per-rank momentum buffers must not be
+        # broadcast with the backbone's BatchNorm statistics before an evaluation (a gloo size mismatch, or worse).
+        "classifier=partial_fc",
+        "classifier.sample_rate=0.5",
+        "synthetic.num_train_ids=21",
         f"paths.data_dir={tmp_path / 'data'}",
         f"hydra.run.dir={run_dir}",
     )

@@ -53,7 +53,7 @@ def check_non_negative(name: str, value: float) -> None:
 
 
 class FaceHead(nn.Module):
-    """Base class of all heads: ``forward(embeddings, labels) -> HeadOutput`` plus two hooks for the training module.
+    """Base class of all heads: ``forward(embeddings, labels) -> HeadOutput`` plus hooks for the training module.
 
     Args:
         nan_check: ``loss.nan_check``: the training module stops with ``FloatingPointError`` naming the global step as
@@ -78,12 +78,38 @@ class FaceHead(nn.Module):
         """
         raise NotImplementedError
 
+    def on_fit_start(self, total_steps: float) -> None:
+        """Receives the run's optimizer-step count (may be inf) once, before training; for schedules over the run."""
+
     def on_optimizer_step(self) -> None:
         """Advances schedules kept in buffers; the training module calls it after every optimizer step."""
+
+    def at_step(self, step: int, total_steps: int) -> FaceHead | None:
+        """A copy as after ``step`` of ``total_steps`` optimizer steps; None when the margin has no step schedule."""
+        del step, total_steps
+        return None
 
     def log_values(self) -> dict[str, torch.Tensor]:
         """Scalars to log every step (e.g. the current margin hyper-parameter); empty by default."""
         return {}
+
+    # Hooks of the sharded classifier (facetrain.classifier); no-ops for a head that holds every class.
+    def configure_shards(self) -> bool:
+        """Lays out parameters split over the ranks once the process group exists (the module's ``configure_model``).
+
+        Returns:
+            True when the head holds only this rank's share, so DDP must neither all-reduce nor broadcast it.
+        """
+        return False
+
+    def step_rows(self, optimizer: torch.optim.Optimizer, found_inf: torch.Tensor | None = None) -> None:
+        """Updates the rows the head steps itself after the backward (Partial FC's sampled class centres)."""
+        del optimizer, found_inf
+
+    def target_and_nearest(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Target and nearest non-target cosines of the last forward when ``HeadOutput.cosine`` does not hold every
+        class; None: the training module takes them from ``cosine``."""
+        return None
 
 
 class CosineHead(FaceHead):

@@ -15,6 +15,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from facetrain.classifier import checkpoint as classifier_checkpoint
+from facetrain.classifier.ddp import exclude_from_ddp
 from facetrain.losses.base import FaceHead, HeadOutput
 from facetrain.models.finetune import apply_finetuning
 from facetrain.training.nonfinite import NonfiniteEvents, nonfinite_flag, skips_on_device
@@ -22,6 +24,7 @@ from facetrain.utils.safe_load import CONFIG_KEY
 from facetrain.utils.schema import Constraint, Interval, OneOf
 
 HeadFactory = Callable[..., nn.Module]
+ClassifierFactory = Callable[..., FaceHead]
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
 
@@ -101,6 +104,9 @@ class FaceRecognitionModule(pl.LightningModule):
         head: ``head(embedding_size=..., num_classes=...)`` builds the margin head (it owns the class weights).
         optimizer: ``optimizer(params)`` builds the optimizer.
         num_classes: Training identities.
+        classifier: ``classifier(head=head, embedding_size=..., num_classes=...)`` lays the head's class centres out
+            over the processes (``classifier/``: replicated, model_parallel, partial_fc); None builds the head itself,
+            as ``classifier=replicated`` does.
         scheduler: ``scheduler(optimizer, total_steps=...)`` builds a per-step LR schedule; None for a constant LR.
         max_nonfinite_skips: What to do when the head's ``nan_check`` (``loss.nan_check``, on by default) finds a
             NaN/Inf loss or gradient: 0 stops with ``FloatingPointError`` naming the global step; N > 0 skips up to N
@@ -145,6 +151,7 @@ class FaceRecognitionModule(pl.LightningModule):
         freeze_backbone: bool = False,
         trainable_stages: int | None = None,
         freeze_bn_stats: bool = True,
+        classifier: ClassifierFactory | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -154,7 +161,10 @@ class FaceRecognitionModule(pl.LightningModule):
             backbone.to(memory_format=torch.channels_last)
         if compile:  # in place: parameter names, state_dict keys and checkpoints stay those of the eager backbone
             backbone.compile()
-        self.head: FaceHead = head(embedding_size=backbone.embedding_size, num_classes=num_classes)
+        if classifier is None:
+            self.head: FaceHead = head(embedding_size=backbone.embedding_size, num_classes=num_classes)
+        else:
+            self.head = classifier(head=head, embedding_size=backbone.embedding_size, num_classes=num_classes)
         # Fine-tuning (facetrain.models.finetune); the train task writes the record to <run dir>/init_from.json.
         self.init_record = apply_finetuning(
             backbone, self.head, init_from, init_classifier, freeze_backbone, trainable_stages, freeze_bn_stats
@@ -175,6 +185,11 @@ class FaceRecognitionModule(pl.LightningModule):
         self.register_buffer("nonfinite_skipped", torch.zeros((), dtype=torch.long))
         # Set by the train task; stored in every checkpoint as plain data so a run can be rebuilt from it.
         self.run_config: dict[str, Any] | None = None
+
+    def configure_model(self) -> None:
+        """Runs once the trainer has set up the process group: a sharded classifier takes its block of classes."""
+        if self.head.configure_shards():  # each rank's block is its own: DDP averages and broadcasts the backbone only
+            exclude_from_ddp(self, self.head)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised face embeddings (inference)."""
@@ -211,8 +226,14 @@ class FaceRecognitionModule(pl.LightningModule):
             return {"loss": out.loss}
         self._raise_pending_nonfinite()
         with torch.no_grad():
-            cos_target, cos_nearest = target_and_nearest_cosines(out.cosine.detach(), labels)
-        self._log_step(out, labels, cos_target, cos_nearest)
+            sharded = self.head.target_and_nearest()
+            if sharded is None:  # the head's cosines hold every class
+                cos_target, cos_nearest = target_and_nearest_cosines(out.cosine.detach(), labels)
+                correct = out.cosine.argmax(dim=1) == labels
+            else:  # a sharded classifier: its cosines hold one block; the nearest class is taken over all ranks
+                cos_target, cos_nearest = sharded
+                correct = cos_target > cos_nearest
+        self._log_step(out, labels, correct, cos_target, cos_nearest)
         return {"loss": out.loss, "cos_target": cos_target, "cos_nearest": cos_nearest}
 
     def is_logging_step(self) -> bool:
@@ -237,6 +258,7 @@ class FaceRecognitionModule(pl.LightningModule):
         flag on the host at once.
         """
         if not self.head.nan_check:
+            self.head.step_rows(optimizer)  # Partial FC's sampled rows (a no-op for other heads)
             return
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         loss = self._loss if self._loss is not None else torch.zeros((), device=self.device)
@@ -247,11 +269,14 @@ class FaceRecognitionModule(pl.LightningModule):
             torch.distributed.all_reduce(found, op=torch.distributed.ReduceOp.MAX)
         if skips_on_device(optimizer) and self._host_updates > 0:
             optimizer.found_inf = found
+            self.head.step_rows(optimizer, found)
             self._nonfinite_events.record(found, loss, self.global_step, self.current_epoch, self._batch_idx)
             return
         if not bool(found):
             self._host_updates += 1  # an update that created the optimizer state: the device path may follow
+            self.head.step_rows(optimizer)
             return
+        self.head.step_rows(optimizer, found)  # a skipped step: Partial FC's pending rows are dropped, not applied
         what = "gradient" if bool(loss.isfinite()) else f"training loss {float(loss)}"
         self._nonfinite(what, self._batch_idx)
         for group in optimizer.param_groups:  # skip mode: no update at all (SGD/AdamW skip params without grad)
@@ -290,12 +315,17 @@ class FaceRecognitionModule(pl.LightningModule):
 
     @torch.no_grad()
     def _log_step(
-        self, out: HeadOutput, labels: torch.Tensor, cos_target: torch.Tensor, cos_nearest: torch.Tensor
+        self,
+        out: HeadOutput,
+        labels: torch.Tensor,
+        correct: torch.Tensor,
+        cos_target: torch.Tensor,
+        cos_nearest: torch.Tensor,
     ) -> None:
         # Accuracy and angles come from the plain cosines, so heads with different margins stay comparable.
         values = {
             "train/loss": out.loss.detach(),
-            "train/acc": (out.cosine.argmax(dim=1) == labels).float().mean(),
+            "train/acc": correct.float().mean(),
             "train/lr": float(self.trainer.optimizers[0].param_groups[0]["lr"]),
         }
         values.update({f"train/{k}": v for k, v in angle_stats(cos_target, cos_nearest).items()})
@@ -322,6 +352,8 @@ class FaceRecognitionModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameters())
+        # After a resume has restored the head's buffers: a schedule over the run keeps the stored length.
+        self.head.on_fit_start(self.trainer.estimated_stepping_batches)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer, total_steps=self.trainer.estimated_stepping_batches)
@@ -329,7 +361,11 @@ class FaceRecognitionModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._raise_pending_nonfinite()  # a run that should have stopped writes no checkpoint
-        bad = [name for name, t in self.state_dict().items() if t.is_floating_point() and not bool(t.isfinite().all())]
+        bad = [
+            name
+            for name, t in self.state_dict().items()  # a sharded head adds non-tensor extra state (its generator)
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(t.isfinite().all())
+        ]
         if bad:  # never replace a good checkpoint with a diverged model
             raise FloatingPointError(
                 f"refusing to save a checkpoint at global step {self.global_step}: non-finite values in {bad[:5]}"
@@ -338,8 +374,14 @@ class FaceRecognitionModule(pl.LightningModule):
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
         checkpoint[RNG_KEY] = rng_state()
+        # A sharded classifier's blocks and their optimizer rows are gathered into one full matrix, so the run resumes
+        # with any process count (a collective: Lightning calls this hook on every rank).
+        optimizers = self.trainer.optimizers if self._trainer is not None else []
+        classifier_checkpoint.on_save_checkpoint(self.head, checkpoint, "head.", optimizers)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The class count is checked, and a sharded classifier cuts its block for this run's process count.
+        classifier_checkpoint.on_load_checkpoint(self.head, checkpoint, "head.")
         # Dropout and any other draw from the global generators continue exactly where the checkpoint left them.
         # (The training loader has its own generator, so creating its iterator on resume draws nothing from these.)
         if RNG_KEY in checkpoint:

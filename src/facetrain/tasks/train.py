@@ -10,8 +10,9 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from facetrain.classifier.config import check_classifier_head
 from facetrain.data.world import check_datasets
-from facetrain.evaluation.callbacks import VerificationCallback
+from facetrain.evaluation.callback import Evaluation
 from facetrain.inference.callback import ContractCallback
 from facetrain.models.finetune import INIT_RECORD_FILE
 from facetrain.training.checkpoint import Preemption, find_last_checkpoint, safe_load
@@ -33,6 +34,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         The final metrics, also written to ``<output_dir>/metrics.json``.
     """
     validate_config(cfg)  # keys and ranges, before any data is read or generated
+    check_classifier_head(cfg.get("classifier"), cfg.get("loss"), cfg.get("optimizer"))  # e.g. loss=softmax
     check_datasets(cfg)  # one world (synthetic or real) for training and evaluation; real datasets where said
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
@@ -99,7 +101,7 @@ def resolve_ckpt_path(ckpt_path: str | None, cfg: DictConfig, output_dir: str | 
     return str(ckpt_path)
 
 
-def collect_metrics(trainer: pl.Trainer, evaluators: list[VerificationCallback], num_classes: int) -> dict[str, Any]:
+def collect_metrics(trainer: pl.Trainer, evaluators: list[Evaluation], num_classes: int) -> dict[str, Any]:
     """Flat final metrics: every evaluation set's results plus the last training scalars."""
     metrics: dict[str, Any] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
     metrics["num_classes"] = num_classes
