@@ -35,7 +35,7 @@ def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def test_templates_are_the_reference_values() -> None:
-    # protocols.md §4.4: SphereFace 112x96 and InsightFace arcface_src = the same with x + 8
+    # docs/protocols.md §4.4: SphereFace 112x96 and InsightFace arcface_src = the same with x + 8
     assert SPHEREFACE_112x96[0].tolist() == [30.2946, 51.6963]
     assert SPHEREFACE_112x96[4].tolist() == [62.7299, 92.2041]
     np.testing.assert_allclose(ARCFACE_112x112[:, 0], SPHEREFACE_112x96[:, 0] + 8)

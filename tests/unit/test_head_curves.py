@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from facetrain.evaluation.head_curves import BoundedSample, HeadCurves, target_logit_curve
-from facetrain.losses import ArcFaceHead, SoftmaxHead
+from facetrain.losses import AdaptiveC, ArcFaceHead, CamSoftmaxHead, FixedC, LinearC, SoftmaxHead, SphereFaceHead
 from facetrain.models.module import FaceRecognitionModule
 
 
@@ -35,9 +35,15 @@ class FakeWriter:
         self.histograms[tag] = values
 
 
-def _trainer(tmp_path: Path, writer: FakeWriter) -> SimpleNamespace:
+def _trainer(tmp_path: Path, writer: FakeWriter, total_steps: float = 100) -> SimpleNamespace:
     logger = SimpleNamespace(experiment=writer)
-    return SimpleNamespace(is_global_zero=True, loggers=[logger], default_root_dir=str(tmp_path), global_step=0)
+    return SimpleNamespace(
+        is_global_zero=True,
+        loggers=[logger],
+        default_root_dir=str(tmp_path),
+        global_step=0,
+        estimated_stepping_batches=total_steps,
+    )
 
 
 def test_arcface_curve_png_and_figure(tmp_path: Path) -> None:
@@ -131,3 +137,33 @@ def test_in_a_real_fit_tensorboard_gets_the_figure_and_histograms(tmp_path: Path
     assert {"head/theta_target", "head/theta_nearest"} <= set(events.Tags()["histograms"])
     assert len(events.Histograms("head/theta_target")) == 2  # one per epoch
     assert events.Histograms("head/theta_target")[0].histogram_value.num == 10  # the bounded sample
+
+
+def test_cam_softmax_figure_shows_the_start_and_the_end_of_the_c_schedule(tmp_path: Path) -> None:
+    # c from π/2 (the start: exactly s·cos θ, hidden under the reference) to π/4, reached halfway through 100 steps.
+    head = CamSoftmaxHead(8, 3, scale=20.0, c_policy=LinearC(run_fraction=0.5))
+    writer = FakeWriter()
+    HeadCurves(num_points=181).on_train_start(_trainer(tmp_path, writer, total_steps=100), SimpleNamespace(head=head))
+    plain, start, end = writer.figures["head/target_logit"].axes[0].lines
+    assert end.get_label() == "end of run (step 100)"
+    thetas = np.asarray(start.get_xdata())
+    np.testing.assert_allclose(start.get_ydata(), plain.get_ydata(), atol=1e-9)
+    # At the end c = π/4: f(cos c) = 0 at θ = 45°, f(±1) = ±1 at 0° and 180°, below s·cos θ in between.
+    assert end.get_ydata()[int(np.argmin(abs(thetas - 45)))] == pytest.approx(0.0, abs=1e-9)
+    assert end.get_ydata()[0] == pytest.approx(20.0) and end.get_ydata()[-1] == pytest.approx(-20.0)
+    assert (np.asarray(end.get_ydata())[1:-1] < np.asarray(start.get_ydata())[1:-1]).all()
+    assert float(head.c) == math.pi / 2 and int(head.step) == 0  # the figure leaves the training head alone
+
+
+def test_schedule_heads_get_an_end_curve_and_the_others_do_not(tmp_path: Path) -> None:
+    writer = FakeWriter()
+    HeadCurves(num_points=91).on_train_start(_trainer(tmp_path, writer), SimpleNamespace(head=SphereFaceHead(8, 3)))
+    assert len(writer.figures["head/target_logit"].axes[0].lines) == 3  # λ from 1000 towards its floor 5
+    writer = FakeWriter()
+    head = CamSoftmaxHead(8, 3, c_policy=FixedC(1.0))
+    HeadCurves(num_points=91).on_train_start(_trainer(tmp_path, writer), SimpleNamespace(head=head))
+    assert len(writer.figures["head/target_logit"].axes[0].lines) == 2  # c does not move: one curve
+    # The official per-step schedule: c = π/2 − 1e-4·1000 after 1000 steps; data-driven rules have no known end.
+    assert float(CamSoftmaxHead(8, 3).at_step(1000, 1000).c) == pytest.approx(math.pi / 2 - 0.1)
+    assert CamSoftmaxHead(8, 3, c_policy=AdaptiveC()).at_step(1000, 1000) is None
+    assert ArcFaceHead(8, 3).at_step(1000, 1000) is None

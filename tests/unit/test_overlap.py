@@ -15,8 +15,8 @@ from facetrain.data.overlap import (
     read_identity_list,
 )
 
-SPHEREFACE3 = ["0166921", "1056413", "1193098"]  # protocols.md §4.2 [S22]
-# protocols.md §4.2 [S24]
+SPHEREFACE3 = ["0166921", "1056413", "1193098"]  # docs/protocols.md §4.2 [S22]
+# docs/protocols.md §4.2 [S24]
 LFW16 = ["0000513", "0004763", "0005009", "0005082", "0005172", "0166921", "0208962", "0454042", "0662519",
          "0706787", "0955471", "1056413", "1091782", "1193098", "1303492", "3478560"]  # fmt: skip
 

@@ -1,6 +1,6 @@
 """5-point face alignment: a similarity transform of detected landmarks onto a fixed template.
 
-Templates (l-eye, r-eye, nose, l-mouth, r-mouth; x, y in pixels of the output crop), protocols.md §4.4:
+Templates (l-eye, r-eye, nose, l-mouth, r-mouth; x, y in pixels of the output crop), docs/protocols.md §4.4:
 
 * ``112x96`` (height × width) — SphereFace / CosFace / AM-Softmax / cam-softmax [S4][S3][S30];
 * ``112x112`` — InsightFace ``arcface_src`` (``python-package/insightface/utils/face_align.py``), the 112×96
@@ -21,7 +21,7 @@ Landmark files are UTF-8 (a byte-order mark and CRLF endings are fine). Files (`
   (``img.jpg,,,,,,,,,,``) has that row reported, not dropped;
 * InsightFace ``.lst`` (tab-separated): ``aligned<TAB>path<TAB>label<TAB>x1 y1 x2 y2 (bbox)<TAB>10 landmark values``,
   17 columns. The 10 values are all five x then all five y (InsightFace ``face_preprocess.parse_lst_line`` reads
-  columns 7–16 with ``reshape((2, 5)).T``; protocols.md §4.1 [S26] gives the column positions). Entries with 3
+  columns 7–16 with ``reshape((2, 5)).T``; docs/protocols.md §4.1 [S26] gives the column positions). Entries with 3
   columns (already aligned, no landmarks) or 7 (bbox only) cannot be aligned and are reported.
 """
 
@@ -38,7 +38,7 @@ import numpy as np
 
 from facetrain.utils.io import atomic_write
 
-# protocols.md §4.4 [S4][S28a]: (x, y) of l-eye, r-eye, nose, l-mouth, r-mouth.
+# docs/protocols.md §4.4 [S4][S28a]: (x, y) of l-eye, r-eye, nose, l-mouth, r-mouth.
 SPHEREFACE_112x96 = np.array(
     [[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366], [33.5493, 92.3655], [62.7299, 92.2041]],
     dtype=np.float64,

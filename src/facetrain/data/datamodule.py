@@ -1,6 +1,7 @@
 """The training DataModule: CASIA-WebFace style identity folders (default) or a plug-in dataset such as RecordIO.
 
-What it does before the first step, in this order (protocols.md §6: remove test-set overlap before injecting noise):
+What it does before the first step, in this order (docs/protocols.md §6: remove test-set overlap before injecting
+noise):
 
 1. list the training data (identity folders, or ``dataset(transform=...)`` for a plug-in dataset);
 2. drop the identities of ``exclude_identities`` (LFW overlap, :mod:`facetrain.data.overlap`);

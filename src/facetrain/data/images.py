@@ -423,7 +423,7 @@ class CenterCropResize(A.ImageOnlyTransform):
     """Centre crop then resize: the evaluation step for unaligned images such as official 250×250 LFW.
 
     Official LFW images are 250×250 with the Viola-Jones detection (enlarged 2.2×) centred (LFW README,
-    protocols.md §2.1 [S5]), so the detected face box is about 250/2.2 ≈ 114 px square in the middle. The crop size
+    docs/protocols.md §2.1 [S5]), so the detected face box is about 250/2.2 ≈ 114 px square in the middle. The crop size
     is a choice, not a published standard: state it with any number obtained this way; numbers on aligned crops
     (``scripts/align_faces.py``) are the comparable ones.
 

@@ -1,6 +1,6 @@
 """Synthetic training-label noise for robustness experiments (``data.label_noise``).
 
-Two kinds, after the face-recognition noise studies summarised in protocols.md §6:
+Two kinds, after the face-recognition noise studies summarised in docs/protocols.md §6:
 
 * ``symmetric`` (closed-set label flips, as BoundaryFace ``utils/generate_label_flip.py`` [S35] and the flip half of
   NoiseFace ``code/gen_noise.py`` [S34]): exactly ``round(rate·N)`` training samples, drawn uniformly without

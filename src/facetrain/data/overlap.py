@@ -1,7 +1,7 @@
 """Removing training identities that overlap the test sets (``data.exclude_identities``).
 
 Training on CASIA-WebFace identities that also appear in LFW breaks the LFW protocol ("Using all images will violate
-the training protocol for LFW", SphereFace authors, protocols.md §4.2 [S23]). The named lists ship in
+the training protocol for LFW", SphereFace authors, docs/protocols.md §4.2 [S23]). The named lists ship in
 ``facetrain/data/lists/``:
 
 * ``sphereface3`` — the 3 ids SphereFace removed (10,575 → 10,572 classes) [S4][S22][S24];

@@ -16,7 +16,7 @@ from facetrain.data.images import ImageList, Transform, read_rgb, to_tensor
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 AllGather = Callable[[torch.Tensor], torch.Tensor]
 
-# Test-time flip fusion (protocols.md §2.3): none; sum of the raw original and mirrored embeddings, then L2 norm
+# Test-time flip fusion (docs/protocols.md §2.3): none; sum of the raw original and mirrored embeddings, then L2 norm
 # (InsightFace's test(), NormFace); concatenation of the L2-normalised halves (SphereFace, CosFace, Center loss).
 FLIP_MODES = ("none", "sum", "concat")
 

@@ -2,11 +2,19 @@
 
 :class:`HeadCurves` is a Lightning callback (config ``callbacks/head_curves.yaml``). At the start of training it draws
 the target logit s·margin(cos θ) of the configured head against θ ∈ [0°, 180°], with the plain s·cos θ for reference,
-logs it to TensorBoard as ``head/target_logit`` and saves ``target_logit.png`` in the run directory. During every
-training epoch it keeps a bounded uniform sample of the target angle θ_y and of the nearest non-target angle
-(taken from the ``cos_target`` / ``cos_nearest`` entries that ``FaceRecognitionModule.training_step`` returns at its
-logging steps, every ``trainer.log_every_n_steps``: the other steps read nothing back from the device) and logs both
-as TensorBoard histograms at the end of the epoch.
+logs it to TensorBoard as ``head/target_logit`` and saves ``target_logit.png`` in the run directory.
+
+"Schedule" heads, whose target logit follows the optimizer-step count, are drawn twice: at the start and as they will
+be at the end of the run (``FaceHead.at_step`` with ``trainer.estimated_stepping_batches``, known before training).
+These are cam-softmax with a step policy (c from π/2, where it equals s·cos θ, towards its ``stop``) and SphereFace
+(λ annealed to λ_min). Heads whose margin follows data statistics are drawn once, since their end value is not known
+without training: CurricularFace (its t moves the hard negatives, not the target), AdaFace and MagFace (the margin
+depends on feature norms; MagFace is drawn at the mid-range norm) and cam-softmax with the adaptive c policy.
+
+During every training epoch it keeps a bounded uniform sample of the target angle θ_y and of the nearest non-target
+angle (taken from the ``cos_target`` / ``cos_nearest`` entries that ``FaceRecognitionModule.training_step`` returns
+at its logging steps, every ``trainer.log_every_n_steps``: the other steps read nothing back from the device) and
+logs both as TensorBoard histograms at the end of the epoch.
 
 It only reads detached tensors and uses its own random generator, so a run with or without it trains identically.
 """
@@ -61,13 +69,29 @@ def target_logit_curve(head: FaceHead, thetas_deg: np.ndarray) -> tuple[np.ndarr
 
 
 def target_logit_figure(
-    thetas_deg: np.ndarray, target: np.ndarray, plain: np.ndarray, title: str, ylabel: str = "logit"
+    thetas_deg: np.ndarray,
+    target: np.ndarray,
+    plain: np.ndarray,
+    title: str,
+    ylabel: str = "logit",
+    end: tuple[np.ndarray, str] | None = None,
 ) -> Figure:
-    """Line plot of the head's target logit and the plain s·cos θ against θ in degrees."""
+    """Line plot of the head's target logit and the plain s·cos θ against θ in degrees.
+
+    Args:
+        thetas_deg: Target angles in degrees.
+        target: Target logit at the start of training.
+        plain: Reference s·cos θ.
+        title: Figure title.
+        ylabel: Label of the y axis.
+        end: ``(target logit, label)`` at the end of the head's schedule, drawn as a third line; None for none.
+    """
     fig = Figure(figsize=(5, 3.6))
     ax = fig.add_subplot()
     ax.plot(thetas_deg, plain, "--", color="gray", lw=1.2, label="s·cos θ (no margin)")
-    ax.plot(thetas_deg, target, color="C0", lw=1.8, label="target logit")
+    ax.plot(thetas_deg, target, color="C0", lw=1.8, label="target logit" if end is None else "target logit, start")
+    if end is not None:
+        ax.plot(thetas_deg, end[0], color="C3", lw=1.8, label=end[1])
     ax.set_xlim(0, 180)
     ax.set_xticks(range(0, 181, 30))
     ax.set_xlabel("target angle θ (degrees)")
@@ -168,7 +192,8 @@ class HeadCurves(pl.Callback):
             return
         # Heads that scale by the feature norm are drawn per unit norm (see target_logit_curve).
         ylabel = "logit / ‖x‖" if isinstance(head, CosineHead) and head.scale is None else "logit"
-        fig = target_logit_figure(thetas, *curve, title=_describe(head), ylabel=ylabel)
+        end = _end_curve(head, trainer, thetas, curve[0])
+        fig = target_logit_figure(thetas, *curve, title=_describe(head), ylabel=ylabel, end=end)
         self.figure_path = self._save(fig, trainer)
         for writer in tensorboard_writers(trainer):
             writer.add_figure("head/target_logit", fig, global_step=trainer.global_step, close=False)
@@ -202,6 +227,20 @@ class HeadCurves(pl.Callback):
             for tag, sample in [("head/theta_target", self.target), ("head/theta_nearest", self.nearest)]:
                 degrees = torch.rad2deg(torch.acos(sample.values().clamp(-1.0, 1.0)))
                 writer.add_histogram(tag, degrees, global_step=trainer.global_step, bins="auto")
+
+
+def _end_curve(
+    head: FaceHead, trainer: pl.Trainer, thetas: np.ndarray, start: np.ndarray
+) -> tuple[np.ndarray, str] | None:
+    """Target logit at the end of the run for a head with a step schedule; None without one or if it stays the same."""
+    total = trainer.estimated_stepping_batches
+    if not np.isfinite(total):  # a run without max_epochs / max_steps has no end to draw
+        return None
+    end_head = head.at_step(int(total), int(total))
+    curve = target_logit_curve(end_head, thetas) if end_head is not None else None
+    if curve is None or np.allclose(curve[0], start):  # e.g. cam-softmax with a fixed c
+        return None
+    return curve[0], f"end of run (step {int(total)})"
 
 
 def _describe(head: FaceHead) -> str:

@@ -2,7 +2,7 @@
 
 Pure NumPy (no torch), so every number here can be checked against hand-computed arrays.
 
-The k-fold protocol is LFW's View 2 (Huang et al., UMass TR 07-49; protocols.md §2.3): the pairs are split into
+The k-fold protocol is LFW's View 2 (Huang et al., UMass TR 07-49; docs/protocols.md §2.3): the pairs are split into
 ``n_folds`` consecutive blocks in file order, the threshold is chosen on the other ``n_folds - 1`` folds and the
 accuracy is measured on the held-out fold. By default the threshold is *exact*: every cut between two distinct
 training scores is considered, so no grid can miss the optimum (the cam-softmax reference code used a 50-point
@@ -214,7 +214,7 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def mean_subtracted_scorer(left: np.ndarray, right: np.ndarray, score: str = "cosine") -> FoldScorer:
-    """Scores with the training-fold mean embedding subtracted (SphereFace's ``evaluation.m``, protocols.md §2.3).
+    """Scores with the training-fold mean embedding subtracted (SphereFace's ``evaluation.m``, docs/protocols.md §2.3).
 
     For a fold, the mean ``mu`` of the training pairs' embeddings (both sides, each pair occurrence counted, as in
     SphereFace) is subtracted from every embedding, the rows are L2-normalised again and the pairs scored. Fitting

@@ -7,7 +7,9 @@ strengthens the penalty on the target.
 
 The paper's abstract describes an algorithm that adapts c automatically during training; it is not published and the
 official code instead anneals c linearly per optimizer step, c ← max(π/4, c − 1e-4) from π/2 (``train.py``), which
-:class:`LinearC` reproduces. Schedules are small policy objects so that another rule can be plugged in.
+:class:`LinearC` with ``run_fraction=None`` reproduces; ``LinearC(run_fraction=r)`` reaches the same stop at the
+fraction r of the run's length instead (the config default, for runs too short for the official rate). Schedules are
+small policy objects (:mod:`facetrain.losses.cam_c_policies`) so that another rule can be plugged in.
 
 Adaptive rule (:class:`AdaptiveC`, our design; the paper's rule is unpublished)
     The head measures the mean target angle θ̄ = mean_i acos(cos θ_{y_i}) of the training batches seen since the last
@@ -32,195 +34,22 @@ Adaptive rule (:class:`AdaptiveC`, our design; the paper's rule is unpublished)
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
-import numbers
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar
 
 import torch
 
-from facetrain.losses.base import CosineHead
-from facetrain.losses.functional import cam_softmax_logits
-from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval
+from facetrain.losses.base import CosineHead, FaceHead
+from facetrain.losses.cam_c_policies import AdaptiveC, AdaptiveCPolicy, CPolicy, FixedC, LinearC
+from facetrain.losses.functional import cam_softmax_logits, check_cam_c
+from facetrain.utils.schema import Constraint
 
+# The policies live in cam_c_policies; importing them from here keeps working.
 __all__ = ["AdaptiveC", "AdaptiveCPolicy", "CPolicy", "CamSoftmaxHead", "FixedC", "LinearC"]
 
-HALF_PI = math.pi / 2
-
-
-#: Valid angles c: (0, π/2] (π/2 is plain normalised softmax).
-C_RANGE = Interval(0.0, HALF_PI, low_open=True)
-
-
-def _floor_above_start(values: dict[str, object], floor_key: str, floor_default: float) -> str | None:
-    """Config-time check of a schedule's floor (``stop``, ``c_min``) against its ``start``: c only decreases."""
-    start, floor = values.get("start", HALF_PI), values.get(floor_key, floor_default)
-    if isinstance(start, float | int) and isinstance(floor, float | int) and floor > start:
-        return f"{floor_key}={floor!r} must be <= start={start!r} (c only decreases)"
-    return None
-
-
-def _check_c(name: str, value: float) -> None:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 < value <= HALF_PI:
-        raise ValueError(f"{name} must be in (0, pi/2] (pi/2 = {HALF_PI!r}), got {value!r}")
-
-
-@runtime_checkable
-class CPolicy(Protocol):
-    """Schedule of the cam-softmax angle c, as a pure function of the optimizer step."""
-
-    def initial(self) -> float:
-        """c before the first optimizer step."""
-        ...
-
-    def value(self, step: int) -> float:
-        """c after ``step`` optimizer steps."""
-        ...
-
-
-@dataclass(frozen=True)
-class FixedC:
-    """Constant c.
-
-    Args:
-        c: Angle in (0, π/2]; π/2 makes the head a NormFace head.
-    """
-
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
-    config_constraints: ClassVar[dict[str, Constraint]] = {"c": C_RANGE}
-
-    c: float = HALF_PI
-
-    def __post_init__(self) -> None:
-        _check_c("FixedC c", self.c)
-
-    def initial(self) -> float:
-        """Returns c."""
-        return float(self.c)
-
-    def value(self, step: int) -> float:
-        """Returns c whatever the step."""
-        del step
-        return float(self.c)
-
-
-@dataclass(frozen=True)
-class LinearC:
-    """Linear annealing of the official code: c = max(stop, start − decay·step), in closed form (no float drift).
-
-    Args:
-        start: c at step 0, in (0, π/2].
-        stop: Final c, 0 < stop <= start; reached after ceil((start − stop)/decay) steps.
-        decay: Decrease of c per optimizer step, >= 0.
-    """
-
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
-    config_constraints: ClassVar[dict[str, Constraint]] = {
-        "start": C_RANGE,
-        "stop": C_RANGE,
-        "decay": NON_NEGATIVE,
-    }
-
-    @classmethod
-    def check_config(cls, values: dict[str, object]) -> str | None:
-        """Relation between keys, checked before the data is read: stop <= start."""
-        return _floor_above_start(values, "stop", math.pi / 4)
-
-    start: float = HALF_PI
-    stop: float = math.pi / 4
-    decay: float = 1e-4
-
-    def __post_init__(self) -> None:
-        _check_c("LinearC start", self.start)
-        _check_c("LinearC stop", self.stop)
-        if self.stop > self.start:
-            raise ValueError(f"LinearC stop must be <= start, got stop={self.stop!r} > start={self.start!r}")
-        if not (isinstance(self.decay, numbers.Real) and math.isfinite(self.decay) and self.decay >= 0):
-            raise ValueError(f"LinearC decay must be >= 0, got {self.decay!r}")
-
-    def initial(self) -> float:
-        """Returns start."""
-        return self.value(0)
-
-    def value(self, step: int) -> float:
-        """Returns max(stop, start − decay·step)."""
-        if step < 0:
-            raise ValueError(f"LinearC step must be >= 0, got {step!r}")
-        return max(float(self.stop), float(self.start) - float(self.decay) * step)
-
-
-@runtime_checkable
-class AdaptiveCPolicy(Protocol):
-    """Policy that sets c from a training statistic (the mean target angle) instead of the step counter.
-
-    Both methods are pure tensor functions so that all state stays in the head's buffers and nothing is read back to
-    the host; the head calls ``observe`` then ``update`` after every optimizer step.
-    """
-
-    def initial(self) -> float:
-        """c (and the initial statistic EMA) before the first optimizer step."""
-        ...
-
-    def observe(self, ema: torch.Tensor, theta_mean: torch.Tensor) -> torch.Tensor:
-        """New EMA of the mean target angle after observing ``theta_mean`` (radians)."""
-        ...
-
-    def update(self, c: torch.Tensor, ema: torch.Tensor) -> torch.Tensor:
-        """New c given the current c and the updated EMA."""
-        ...
-
-
-@dataclass(frozen=True)
-class AdaptiveC:
-    """Adaptive c: follows an EMA of the mean target angle, never increases, bounded, rate-limited (module docstring).
-
-    Args:
-        start: c before the first step, in (0, π/2]; also the initial EMA.
-        c_min: Lower bound of c, 0 < c_min <= start.
-        momentum: EMA weight α in (0, 1] of each new observation.
-        max_step: Largest decrease of c per optimizer step, >= 0 (0 freezes c).
-    """
-
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
-    config_constraints: ClassVar[dict[str, Constraint]] = {
-        "start": C_RANGE,
-        "c_min": C_RANGE,
-        "momentum": Interval(0.0, 1.0, low_open=True),
-        "max_step": NON_NEGATIVE,
-    }
-
-    @classmethod
-    def check_config(cls, values: dict[str, object]) -> str | None:
-        """Relation between keys, checked before the data is read: c_min <= start."""
-        return _floor_above_start(values, "c_min", math.pi / 4)
-
-    start: float = HALF_PI
-    c_min: float = math.pi / 4
-    momentum: float = 0.01
-    max_step: float = 1e-4
-
-    def __post_init__(self) -> None:
-        _check_c("AdaptiveC start", self.start)
-        _check_c("AdaptiveC c_min", self.c_min)
-        if self.c_min > self.start:
-            raise ValueError(f"AdaptiveC c_min must be <= start, got c_min={self.c_min!r} > start={self.start!r}")
-        if not (isinstance(self.momentum, numbers.Real) and 0.0 < self.momentum <= 1.0):
-            raise ValueError(f"AdaptiveC momentum must be in (0, 1], got {self.momentum!r}")
-        if not (isinstance(self.max_step, numbers.Real) and math.isfinite(self.max_step) and self.max_step >= 0):
-            raise ValueError(f"AdaptiveC max_step must be >= 0, got {self.max_step!r}")
-
-    def initial(self) -> float:
-        """Returns start."""
-        return float(self.start)
-
-    def observe(self, ema: torch.Tensor, theta_mean: torch.Tensor) -> torch.Tensor:
-        """ema ← (1 − α)·ema + α·θ̄."""
-        return (1.0 - self.momentum) * ema + self.momentum * theta_mean.to(ema.dtype)
-
-    def update(self, c: torch.Tensor, ema: torch.Tensor) -> torch.Tensor:
-        """c ← max(clamp(ema, c_min, c), c − max_step): towards the EMA, never up, never below c_min."""
-        target = torch.minimum(ema.to(c.dtype).clamp_min(self.c_min), c)
-        return torch.maximum(target, c - self.max_step)
+log = logging.getLogger(__name__)
 
 
 class CamSoftmaxHead(CosineHead):
@@ -238,7 +67,8 @@ class CamSoftmaxHead(CosineHead):
         scale: Logit scale s > 0 (20 in the official code).
         c_policy: Schedule of c (built by Hydra from the ``loss/c_policy`` group): a step-based :class:`CPolicy` or an
             :class:`AdaptiveCPolicy`; ``None`` means ``LinearC()``, the official π/2 → π/4 schedule with decay 1e-4
-            per step.
+            per step. A policy with ``uses_run_length`` (``LinearC(run_fraction=...)``) also gets the run's length
+            from :meth:`on_fit_start`, stored in the ``total_steps`` buffer.
     """
 
     #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
@@ -260,7 +90,7 @@ class CamSoftmaxHead(CosineHead):
                 f"got {policy!r}"
             )
         initial = policy.initial()
-        _check_c(f"cam-softmax c_policy.initial() of {policy!r}", initial)
+        check_cam_c(f"cam-softmax c_policy.initial() of {policy!r}", initial)
         super().__init__(embedding_size, num_classes, scale, nan_check)
         self.c_policy = policy
         self.register_buffer("c", torch.tensor(float(initial), dtype=torch.float64))
@@ -273,6 +103,13 @@ class CamSoftmaxHead(CosineHead):
             self.register_buffer("theta_ema", torch.tensor(float(initial), dtype=torch.float64))
             self.register_buffer("theta_sum", torch.zeros((), dtype=torch.float64))
             self.register_buffer("theta_count", torch.zeros((), dtype=torch.int64))
+        # A schedule over the run's length stores that length (0 = not yet known) beside the step, so a resumed run
+        # computes the same c values whatever the resumed trainer would estimate. Only such heads have the buffer, so
+        # the checkpoints of the other policies keep their keys.
+        self.uses_run_length = bool(getattr(policy, "uses_run_length", False))
+        self._host_total: int | None = None
+        if self.uses_run_length:
+            self.register_buffer("total_steps", torch.zeros((), dtype=torch.int64))
 
     @torch.no_grad()
     def observe(self, cos: torch.Tensor, labels: torch.Tensor) -> None:
@@ -306,16 +143,66 @@ class CamSoftmaxHead(CosineHead):
         if self.adaptive:
             self._adaptive_step()
             return
-        value = self.c_policy.value(self._host_step)
+        self.c.fill_(self._policy_value(self._host_step))
+
+    def _policy_value(self, step: int) -> float:
+        value = self.c_policy.value(step, self._host_total)
         # The forward does not read c back from the device, so the range check has to happen when c is written.
-        _check_c(f"cam-softmax c_policy.value({self._host_step}) of {self.c_policy!r}", value)
-        self.c.fill_(value)
+        check_cam_c(f"cam-softmax c_policy.value({step}) of {self.c_policy!r}", value)
+        return value
+
+    def on_fit_start(self, total_steps: float) -> None:
+        """Fixes the run's length for a schedule defined over it (``loss.c_policy.run_fraction``); else nothing.
+
+        The first fit stores ``total_steps``; a head restored from a checkpoint keeps the stored length, so a resumed
+        run continues the identical c sequence (a resume with a longer ``trainer.max_epochs`` keeps the original
+        schedule, and says so).
+
+        Args:
+            total_steps: Optimizer steps of the whole run (``trainer.estimated_stepping_batches``; may be inf).
+        """
+        if not self.uses_run_length:
+            return
+        if not (math.isfinite(total_steps) and total_steps >= 1):
+            raise ValueError(
+                f"loss.c_policy.run_fraction={self.c_policy.run_fraction!r} needs a finite run length "
+                f"(trainer.max_epochs or trainer.max_steps), got {total_steps!r} optimizer steps"
+            )
+        if self._host_total is None:
+            self._host_total = int(total_steps)
+            self.total_steps.fill_(self._host_total)
+        elif self._host_total != int(total_steps):
+            log.info(
+                "cam-softmax: keeping the stored run length of %d optimizer steps for the c schedule (this run: %d)",
+                self._host_total,
+                int(total_steps),
+            )
+
+    def at_step(self, step: int, total_steps: int) -> FaceHead | None:
+        """A copy of this head with c as after ``step`` optimizer steps (None for an adaptive, data-driven policy).
+
+        Args:
+            step: Optimizer steps taken.
+            total_steps: The run's length, used when this head has not stored one yet.
+        """
+        if self.adaptive:
+            return None
+        head = copy.deepcopy(self)
+        if head.uses_run_length and head._host_total is None:
+            head.on_fit_start(total_steps)
+        head.step.fill_(step)
+        head._host_step = int(step)
+        head.c.fill_(head._policy_value(int(step)))
+        return head
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         step = state_dict.get(prefix + "step")
         if isinstance(step, torch.Tensor):  # a resumed run continues the schedule from the stored step (one read)
             self._host_step = int(step)
+        total = state_dict.get(prefix + "total_steps")
+        if self.uses_run_length and isinstance(total, torch.Tensor) and int(total) > 0:
+            self._host_total = int(total)
 
     def log_values(self) -> dict[str, torch.Tensor]:
         """Logs c as ``cam_c`` (a copy: the buffer is updated in place); adaptive policies add the EMA ``cam_theta``."""

@@ -41,6 +41,7 @@ __all__ = [
     "adaface_margin_scaler",
     "arcface_logits",
     "cam_softmax_logits",
+    "check_cam_c",
     "combined_logits",
     "cosface_logits",
     "curricularface_logits",
@@ -205,9 +206,15 @@ def arcface_logits(cos: torch.Tensor, labels: torch.Tensor, m: float = 0.5, easy
     return _replace_targets(cos, labels, transform)
 
 
-def _check_cam_c(c: float, upper: float = math.pi / 2) -> None:
-    if not 0.0 < c <= upper:
-        raise ValueError(f"cam-softmax c must be in (0, pi/2] (pi/2 = {upper!r}), got {c!r}")
+def check_cam_c(name: str, value: float, upper: float = math.pi / 2) -> None:
+    """The one run-time rule for a cam-softmax angle c: a real number in (0, π/2], else ValueError naming ``name``.
+
+    Used by :func:`cam_softmax_logits`, the c policies and the head when it writes c; the config-time form of the same
+    range is ``facetrain.losses.cam_c_policies.C_RANGE``. ``upper`` is π/2 rounded to a tensor c's dtype
+    (float32(π/2) lies just above the float64 value).
+    """
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 < value <= upper:
+        raise ValueError(f"{name} must be in (0, pi/2] (pi/2 = {upper!r}), got {value!r}")
 
 
 def _cam_exponent(c: float | torch.Tensor, device: torch.device, validate: bool = True) -> torch.Tensor:
@@ -220,10 +227,10 @@ def _cam_exponent(c: float | torch.Tensor, device: torch.device, validate: bool 
         # write into their buffers, so only host tensors are checked here. π/2 rounded to c's dtype is the bound:
         # float32(π/2) lies just above the float64 value.
         if validate and c.device.type == "cpu":
-            _check_cam_c(float(c), float(torch.tensor(math.pi / 2, dtype=c.dtype)))
+            check_cam_c("cam-softmax c", float(c), float(torch.tensor(math.pi / 2, dtype=c.dtype)))
         c = c.to(device=device, dtype=torch.float64)
     else:
-        _check_cam_c(float(c))
+        check_cam_c("cam-softmax c", float(c))
         c = torch.tensor(float(c), dtype=torch.float64, device=device)
     eps = torch.finfo(torch.float64).eps
     # c → 0 drives the denominator to 0 (c′ → ∞); the floor keeps c′ finite for tiny but valid c.
@@ -470,8 +477,15 @@ def magface_logits(
     u_a: float = 110.0,
     l_m: float = 0.45,
     u_m: float = 0.8,
+    easy_margin: bool = True,
 ) -> torch.Tensor:
-    """MagFace target logit cos(θ_y + m(a_i)) with ArcFace's fallback for θ_y + m(a_i) > π (Meng et al., CVPR 2021).
+    """MagFace target logit cos(θ_y + m(a_i)) (Meng et al., CVPR 2021, Eq. 6), as in the official ``MagLinear``.
+
+    The paper writes cos(θ_y + m(a_i)) for every target; cos(θ + m) rises again where θ_y + m(a_i) > π, so the
+    official code (github IrvingMeng/MagFace ``models/magface.py`` and ``models/parallel_maglinear.py``) has two
+    variants: ``easy_margin`` (its default, which neither of its model builders overrides, so its training used it)
+    applies the margin only where cos θ_y > 0 and leaves the other targets unchanged; without it, the InsightFace
+    fallback cos θ_y − m·sin(π − m) below cos(π − m), per sample.
 
     Args:
         cos: Cosine matrix (B×C).
@@ -481,6 +495,7 @@ def magface_logits(
         u_a: Upper magnitude bound.
         l_m: Margin at a = l_a.
         u_m: Margin at a = u_a.
+        easy_margin: Margin only where cos θ_y > 0 (official training); False: the InsightFace fallback.
 
     Returns:
         Copy of ``cos`` with the target entries replaced (not scaled).
@@ -492,6 +507,8 @@ def magface_logits(
     def transform(t: torch.Tensor) -> torch.Tensor:
         m = magface_margin(norms.to(t.dtype), l_a, u_a, l_m, u_m).reshape(-1, 1)
         with_margin = torch.cos(_safe_acos(t) + m)
+        if easy_margin:
+            return torch.where(t > 0, with_margin, t)
         # Per-sample InsightFace fallback: threshold cos(π − m) and shift m·sin(π − m).
         return torch.where(t > torch.cos(math.pi - m), with_margin, t - torch.sin(math.pi - m) * m)
 

@@ -6,6 +6,12 @@ un-normalised embedding, m(a) = (u_m − l_m)/(u_a − l_a)·(a − l_a) + l_m i
 g(a) = a/u_a² + 1/a (Eq. 5); a is clamped to [l_a, u_a]. Defaults s = 64, l_a = 10, u_a = 110, l_m = 0.45,
 u_m = 0.8, λ_g = 35 from the official code (github IrvingMeng/MagFace, ``run/run_dist.sh``, ``models/magface.py``).
 The magnitude then encodes face quality.
+
+Targets with θ_y + m(a) > π (decision, issue 13): the paper's cos(θ_y + m(a)) is not monotone there. The official
+``MagLinear`` / ``ParallelMagLinear`` default to ``easy_margin=True`` (margin only where cos θ_y > 0, the target left
+at cos θ_y elsewhere) and neither model builder (``models/magface.py``, ``models/magface_dist.py``) overrides it, so
+the published models were trained that way; it is the default here too. ``loss.easy_margin=false`` selects the
+code's other branch, the InsightFace fallback cos θ_y − m·sin(π − m) (monotone in θ_y; facetrain's behaviour before).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch.nn.functional as F
 
 from facetrain.losses.base import CosineHead, HeadOutput, check_non_negative
 from facetrain.losses.functional import check_magface_bounds, magface_logits, magface_regularizer
-from facetrain.utils.schema import NON_NEGATIVE, POSITIVE, Constraint, Interval
+from facetrain.utils.schema import NON_NEGATIVE, POSITIVE, Constraint, Interval, OneOf
 
 __all__ = ["MagFaceHead"]
 
@@ -35,6 +41,8 @@ class MagFaceHead(CosineHead):
         l_m: Margin at a = l_a, in [0, π).
         u_m: Margin at a = u_a, in [l_m, π).
         lambda_g: Weight λ_g >= 0 of the regulariser g(a).
+        easy_margin: True (official training): margin only for targets with cos θ_y > 0; False: the InsightFace
+            fallback below cos(π − m(a)) (module docstring).
     """
 
     #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
@@ -45,6 +53,7 @@ class MagFaceHead(CosineHead):
         "l_m": Interval(0.0, math.pi, high_open=True),
         "u_m": Interval(0.0, math.pi, high_open=True),
         "lambda_g": NON_NEGATIVE,
+        "easy_margin": OneOf((True, False)),
     }
 
     @classmethod
@@ -66,6 +75,7 @@ class MagFaceHead(CosineHead):
         l_m: float = 0.45,
         u_m: float = 0.8,
         lambda_g: float = 35.0,
+        easy_margin: bool = True,
         nan_check: bool = True,
     ) -> None:
         check_magface_bounds(l_a, u_a, l_m, u_m)
@@ -73,6 +83,9 @@ class MagFaceHead(CosineHead):
         super().__init__(embedding_size, num_classes, scale, nan_check)
         self.l_a, self.u_a, self.l_m, self.u_m = float(l_a), float(u_a), float(l_m), float(u_m)
         self.lambda_g = float(lambda_g)
+        if not isinstance(easy_margin, bool):
+            raise ValueError(f"magface easy_margin must be true or false, got {easy_margin!r}")
+        self.easy_margin = easy_margin
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
         """Returns CE of the magnitude-aware logits plus λ_g·mean g(a); ``logits`` excludes the regulariser.
@@ -105,10 +118,10 @@ class MagFaceHead(CosineHead):
         """
         if norms is None:
             norms = torch.full((cos.shape[0],), (self.l_a + self.u_a) / 2, dtype=cos.dtype, device=cos.device)
-        return magface_logits(cos, labels, norms, self.l_a, self.u_a, self.l_m, self.u_m)
+        return magface_logits(cos, labels, norms, self.l_a, self.u_a, self.l_m, self.u_m, self.easy_margin)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, l_a={self.l_a}, u_a={self.u_a}, l_m={self.l_m}, u_m={self.u_m}, "
-            f"lambda_g={self.lambda_g}"
+            f"lambda_g={self.lambda_g}, easy_margin={self.easy_margin}"
         )

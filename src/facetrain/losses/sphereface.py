@@ -8,6 +8,7 @@ plain logit, (λ·cos θ_y + ψ(θ_y)) / (1 + λ), and anneals λ = max(λ_min, 
 
 from __future__ import annotations
 
+import copy
 from typing import ClassVar
 
 import torch
@@ -91,6 +92,13 @@ class SphereFaceHead(CosineHead):
     def on_optimizer_step(self) -> None:
         """Advances the λ annealing by one iteration."""
         self.iteration.add_(1)
+
+    def at_step(self, step: int, total_steps: int) -> SphereFaceHead:
+        """A copy with λ as after ``step`` optimizer steps (e.g. the λ_min floor of a long run, for the figure)."""
+        del total_steps
+        head = copy.deepcopy(self)
+        head.iteration.fill_(step)
+        return head
 
     def log_values(self) -> dict[str, torch.Tensor]:
         """Logs the current λ as ``sphereface_lambda``."""

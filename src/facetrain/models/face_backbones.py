@@ -26,7 +26,7 @@ Architectures (written from the published layer specifications):
   The trunk ends after GDConv (512×1×1): FaceBackbone's FC + BN then play the paper's final linear 1×1 conv (128)
   + BN, instead of a 512·49 × d FC that would be three times the size of the whole network.
 
-The ``[Sx]`` tags refer to the sources in ``protocols.md``.
+The ``[Sx]`` tags refer to the sources in ``docs/protocols.md``.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class Published:
         row: Method as the source names it.
         values: Column label → number, in the units shown (percent for percent columns).
         texts: Column label → the number as printed in the source (a quoted ``"99.30"`` keeps its last zero).
-        source: Citation (paper, table, and the ``[Sx]`` tag of protocols.md).
+        source: Citation (paper, table, and the ``[Sx]`` tag of docs/protocols.md).
         setup: Network / data / protocol differences worth reading next to the number.
         series: The x value (e.g. noise rate) for series tables.
     """

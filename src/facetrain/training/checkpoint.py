@@ -120,7 +120,7 @@ class Preemption(pl.Callback):
 
     Lightning notices SIGTERM between batches and raises ``SIGTERMException``; Ctrl+C raises ``KeyboardInterrupt``.
     This callback's ``on_exception`` saves the state after the last completed batch (weights, optimizer, schedule,
-    the sample position of :class:`facetrain.data.sampler.ResumableDataLoader`, RNG states), so the resumed run
+    the sample position of :class:`facetrain.data.sampler.ResumableSampler`, RNG states), so the resumed run
     continues exactly. On SIGTERM the train task then exits with status 143 (128 + SIGTERM) and a message that says
     how to resume; on Ctrl+C Lightning itself exits with status 1 after this hook.
 
