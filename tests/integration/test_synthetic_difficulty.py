@@ -30,8 +30,9 @@ def lfw_pairs(tmp_path_factory: pytest.TempPathFactory, compose_cfg_module) -> P
 
 
 def test_default_set_has_ten_folds_of_matched_and_mismatched_pairs(lfw_pairs: PairVerification) -> None:
-    assert np.bincount(lfw_pairs.pairs.folds).tolist() == [len(lfw_pairs.pairs) // 10] * 10
-    assert lfw_pairs.pairs.issame.mean() == 0.5
+    pairs = lfw_pairs.set.pairs
+    assert np.bincount(pairs.folds).tolist() == [len(pairs) // 10] * 10
+    assert pairs.issame.mean() == 0.5
 
 
 def test_raw_pixels_score_at_most_075(lfw_pairs: PairVerification) -> None:
@@ -40,7 +41,8 @@ def test_raw_pixels_score_at_most_075(lfw_pairs: PairVerification) -> None:
     for centred in (False, True):
         x = pixels - pixels.mean(axis=1, keepdims=True) if centred else pixels
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        acc = kfold_accuracy(lfw_pairs.pair_scores(x), lfw_pairs.pairs.issame, folds=lfw_pairs.pairs.folds)["accuracy"]
+        scores, pairs = lfw_pairs.protocol.pair_scores(x, lfw_pairs.set), lfw_pairs.set.pairs
+        acc = kfold_accuracy(scores, pairs.issame, folds=pairs.folds)["accuracy"]
         best = max(best, acc)
     assert 0.5 < best <= 0.75, f"raw-pixel cosine reaches {best:.3f}"
 

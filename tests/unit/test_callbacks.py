@@ -20,13 +20,17 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from omegaconf import OmegaConf
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import TensorBoardLogger
 from sklearn.preprocessing import normalize
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from facetrain.data.binset import load_bin
 from facetrain.data.convert import lfw_pairs_to_bin, ytf_splits_to_bin
 from facetrain.data.protocols import write_lfw_pairs, write_ytf_splits
+from facetrain.evaluation.callback import read_embeddings
 from facetrain.evaluation.callbacks import (
     BinVerification,
     OpenSetIdentification,
@@ -37,6 +41,7 @@ from facetrain.evaluation.callbacks import (
 from facetrain.evaluation.embed import embed_images
 from facetrain.evaluation.plots import read_curve_csv, subsample_curve, write_curve_csv
 from facetrain.evaluation.verification import UNDEFINED, kfold_accuracy_mean_subtracted
+from facetrain.tasks.evaluate import evaluate
 from facetrain.utils.instantiate import instantiate_named
 from facetrain.utils.schema import validate_config
 
@@ -104,7 +109,9 @@ def test_pair_verification_results_options_and_undefined(lfw: Path, tmp_path: Pa
     results = callback.evaluate(model)
     assert model.calls == 1  # 16 distinct images, one batch: every metric and curve reuses these embeddings
     assert callback.embeddings.shape == (16, 6)
-    np.testing.assert_allclose(callback.report["scores"], callback.pair_scores(callback.embeddings))
+    np.testing.assert_allclose(
+        callback.report["scores"], callback.protocol.pair_scores(callback.embeddings, callback.set)
+    )
     assert results["lfw/acc"] == 1.0 and results["lfw/auc"] == 1.0 and results["lfw/eer"] == 0.0
     # 4 impostor pairs: the smallest measurable FAR is 0.25, so every default FAR is undefined, with a reason.
     for far in ("0.0001", "0.001", "0.01"):
@@ -148,7 +155,7 @@ def test_bin_pack_with_an_odd_sized_image_evaluates(lfw: Path, tmp_path: Path) -
     reference = _pairs(lfw, tmp_path)
     tree = reference.evaluate(HalvesModel())
     callback = BinVerification("lfw", path=str(odd), n_folds=2, dirpath=str(tmp_path))
-    assert callback.binset.image_size == (8, 8)
+    assert load_bin(odd).image_size == (8, 8)
     results = callback.evaluate(HalvesModel())
     assert results["lfw/acc"] == tree["lfw/acc"] == 1.0
     # Bicubic resizing back to 8x8 blurs the one column where the two halves meet: scores move only slightly.
@@ -178,7 +185,11 @@ def test_pair_verification_options_change_the_scores(lfw: Path, tmp_path: Path) 
     assert results["lfw/thresholds"] == "grid of 400 from 0 to 3.99"
     emb = callback.embeddings
     expected = kfold_accuracy_mean_subtracted(
-        emb[callback._left], emb[callback._right], callback.pairs.issame, folds=callback.pairs.folds, score="l2"
+        emb[callback.set.left],
+        emb[callback.set.right],
+        callback.set.pairs.issame,
+        folds=callback.set.pairs.folds,
+        score="l2",
     )
     np.testing.assert_allclose(callback.report["scores"], expected["scores"])
     assert results["lfw/acc"] == 1.0
@@ -303,7 +314,7 @@ def test_video_aggregation_known_answers(ytf: tuple[Path, dict], tmp_path: Path,
     results = callback.evaluate(HalvesModel())
     expected = [
         _brute_force_video_score(vectors[a], vectors[b], aggregate, score)
-        for a, b in zip(callback.pairs.left, callback.pairs.right)
+        for a, b in zip(callback.set.pairs.left, callback.set.pairs.right)
     ]
     np.testing.assert_allclose(callback.report["scores"], expected, atol=1e-5)
     assert results["ytf/aggregate"] == aggregate
@@ -337,11 +348,13 @@ def test_video_mean_subtraction_fits_training_videos(ytf: tuple[Path, dict], tmp
     callback = _video(ytf, tmp_path, aggregate="mean_pair_cosine", mean_subtraction=True)
     results = callback.evaluate(HalvesModel())
     assert results["ytf/mean_subtraction"] is True
-    train = callback.pairs.folds == 1  # scores of split 1 come from the mean of split 2's videos
-    videos = sorted(set(np.asarray(callback.pairs.left)[train]) | set(np.asarray(callback.pairs.right)[train]))
+    train = callback.set.pairs.folds == 1  # scores of split 1 come from the mean of split 2's videos
+    videos = sorted(set(np.asarray(callback.set.pairs.left)[train]) | set(np.asarray(callback.set.pairs.right)[train]))
     mu = normalize(np.concatenate([vectors[v] for v in videos])).mean(0)
     for i in np.flatnonzero(~train):
-        a, b = (normalize(normalize(vectors[v]) - mu) for v in (callback.pairs.left[i], callback.pairs.right[i]))
+        a, b = (
+            normalize(normalize(vectors[v]) - mu) for v in (callback.set.pairs.left[i], callback.set.pairs.right[i])
+        )
         assert callback.report["scores"][i] == pytest.approx(np.mean(a @ b.T), abs=1e-5)
 
 
@@ -468,3 +481,75 @@ def test_evaluation_embeds_in_the_trainers_precision(lfw: Path, tmp_path: Path) 
         assert model.autocast[0] is expected[0]
         if expected[1] is not None:
             assert model.autocast[1] == expected[1]
+
+
+# --- embeddings files and the generic (set, protocol) config --------------------------------------------------------
+def test_embeddings_are_written_once_per_evaluation_and_read_back(lfw: Path, tmp_path: Path) -> None:
+    callback = _pairs(lfw, tmp_path / "run", save_curves=False)
+    first = callback.evaluate(HalvesModel())
+    callback._publish(SimpleNamespace(loggers=[], global_step=3, default_root_dir=None))
+    stored = tmp_path / "run" / "embeddings"
+    assert sorted(p.name for p in stored.iterdir()) == ["lfw.npy", "lfw.txt"]
+    assert (stored / "lfw.txt").read_text().splitlines() == [str(p) for p in callback.paths]
+    embeddings = read_embeddings(stored, "lfw", callback.paths)
+    assert embeddings.dtype == callback.embeddings.dtype and np.array_equal(embeddings, callback.embeddings)
+    other = _pairs(lfw, tmp_path, score="l2")  # other protocol options, no model: from the stored rows
+    assert other.evaluate_embeddings(embeddings)["lfw/acc"] == first["lfw/acc"]
+    assert other.results["lfw/score"] == "l2"
+    swapped = callback.paths[[0, 2, 1, *range(3, len(callback.paths))]]  # the set's order changed since
+    with pytest.raises(ValueError, match=r"lfw\.txt, line 2: image .*_0002\.png', but eval\.lfw lists .*_0003\.png'"):
+        read_embeddings(stored, "lfw", swapped)
+    with pytest.raises(FileNotFoundError, match="ytf.npy is missing"):
+        read_embeddings(stored, "ytf", callback.paths)
+
+
+def test_evaluate_writes_embeddings_and_recomputes_the_metrics_from_them(
+    lfw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import facetrain.tasks.evaluate as evaluate_module
+
+    def compose_evaluate(*overrides: str) -> DictConfig:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("evaluate", overrides=[
+                f"paths.root_dir={tmp_path}", "eval=[lfw]", f"eval.lfw.root={lfw / 'lfw'}",
+                f"eval.lfw.pairs_file={lfw / 'pairs.txt'}", "+eval.lfw.ext=png", "eval.lfw.source=null",
+                "eval.lfw.transform=null", "eval.lfw.save_curves=false", *overrides,
+            ])  # fmt: skip
+        GlobalHydra.instance().clear()
+        return cfg
+
+    model = HalvesModel()  # stands in for the checkpoint's network
+    monkeypatch.setattr(evaluate_module, "_model_metrics", lambda cfg, path, evaluators: (model, {"ckpt_path": "x"}))
+    (tmp_path / "x.ckpt").touch()
+    embedded = evaluate(compose_evaluate(f"paths.output_dir={tmp_path / 'first'}", f"ckpt_path={tmp_path / 'x.ckpt'}"))
+    assert model.calls == 1 and sorted(p.name for p in (tmp_path / "first" / "embeddings").iterdir()) == [
+        "lfw.npy", "lfw.txt",
+    ]  # fmt: skip
+    stored = tmp_path / "first" / "embeddings"
+    cfg = compose_evaluate(f"paths.output_dir={tmp_path / 'again'}", f"embeddings_dir={stored}")
+    metrics = evaluate(cfg)
+    assert model.calls == 1  # not embedded again
+    lfw_metrics = {k: v for k, v in metrics.items() if k.startswith("lfw/")}
+    assert lfw_metrics == {k: v for k, v in embedded.items() if k.startswith("lfw/")} and lfw_metrics
+    assert metrics["embeddings_dir"] == str(stored.resolve()) and not (tmp_path / "again" / "embeddings").exists()
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["lfw/acc"] == metrics["lfw/acc"]
+    cfg.ckpt_path = str(tmp_path / "x.ckpt")  # two inputs: refused before anything is read
+    with pytest.raises(ValueError, match="exactly one of ckpt_path=.*embeddings_dir="):
+        evaluate(cfg)
+
+
+def test_generic_evaluation_config_equals_the_format_entry(lfw: Path, tmp_path: Path) -> None:
+    """A new set is a loader + a protocol: the nested config builds the same evaluation as eval/lfw's entry."""
+    node = OmegaConf.create({"lfw": {
+        "_target_": "facetrain.evaluation.callback.Evaluation", "name": "lfw", "dirpath": str(tmp_path),
+        "set": {"_target_": "facetrain.evaluation.sets.lfw_pairs", "_partial_": True, "root": str(lfw / "lfw"),
+                "pairs_file": str(lfw / "pairs.txt"), "ext": "png"},
+        "protocol": {"_target_": "facetrain.evaluation.protocols.PairProtocol", "score": "l2", "name": "lfw"},
+    }})  # fmt: skip
+    validate_config(node)
+    (generic,) = instantiate_named(node)
+    assert generic.evaluate(HalvesModel()) == _pairs(lfw, tmp_path, score="l2").evaluate(HalvesModel())
+    node.lfw.protocol.scor = "l2"
+    with pytest.raises(ValueError, match=r"lfw\.protocol\.scor is not a parameter.*did you mean lfw\.protocol\.score"):
+        validate_config(node)

@@ -6,17 +6,23 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from facetrain.evaluation.callbacks import VerificationCallback, VideoPairVerification
+from facetrain.evaluation.callback import Evaluation
+from facetrain.evaluation.protocols import PairProtocol
+from facetrain.evaluation.sets import VideoPairSet
 from facetrain.inference.contract import CONTRACT_KEY, contract_from_config, verification_thresholds
 
 
-def image_verification_sets(callbacks: list[Any]) -> list[VerificationCallback]:
+def image_verification_sets(callbacks: list[Any]) -> list[Evaluation]:
     """The image-pair verification callbacks (not video sets: their scores compare aggregated videos), LFW first."""
-    sets = [c for c in callbacks if isinstance(c, VerificationCallback) and not isinstance(c, VideoPairVerification)]
+    sets = [
+        c
+        for c in callbacks
+        if isinstance(c, Evaluation) and isinstance(c.protocol, PairProtocol) and not isinstance(c.set, VideoPairSet)
+    ]
     return sorted(sets, key=lambda c: c.name != "lfw")
 
 
-def thresholds_of(evaluator: VerificationCallback) -> dict[str, Any] | None:
+def thresholds_of(evaluator: Evaluation) -> dict[str, Any] | None:
     """:func:`verification_thresholds` of the evaluator's last evaluation, or None before the first one."""
     report = evaluator.report
     if report is None or "fpr" not in report:
@@ -24,8 +30,8 @@ def thresholds_of(evaluator: VerificationCallback) -> dict[str, Any] | None:
     issame = report["issame"]
     return verification_thresholds(
         evaluator.name,
-        evaluator.score,
-        evaluator.mean_subtraction,
+        evaluator.protocol.score,
+        evaluator.protocol.mean_subtraction,
         report.values.get("acc"),
         report.values.get("threshold"),
         report["fpr"],

@@ -35,7 +35,7 @@ __all__ = [
 
 #: Evaluation settings that change how fast or where results are written, not what is measured.
 PROTOCOL_IGNORED_KEYS = frozenset(
-    {"every_n_epochs", "batch_size", "num_workers", "dirpath", "save_curves", "cache", "workers"}
+    {"every_n_epochs", "batch_size", "num_workers", "dirpath", "save_curves", "save_embeddings", "cache", "workers"}
 )
 
 _HYDRA_INTERPOLATION = re.compile(r"\$\{hydra:([^}]+)\}")

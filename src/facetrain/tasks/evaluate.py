@@ -1,4 +1,5 @@
-"""The evaluation task: rebuild a trained network from its checkpoint, run the eval callbacks, write metrics.json."""
+"""The evaluation task: rebuild a trained network from its checkpoint (or read stored embeddings), run the eval
+protocols, write metrics.json."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
 from facetrain.data.world import check_datasets
-from facetrain.evaluation.callbacks import EvaluationCallback
+from facetrain.evaluation.callback import Evaluation, read_embeddings, write_embeddings
 from facetrain.inference.embedder import FaceEmbedder
 from facetrain.inference.model import CONFIG_KEY, load_checkpoint
 from facetrain.utils.instantiate import instantiate_named
@@ -20,8 +22,12 @@ from facetrain.utils.io import ensure_writable_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
+#: What an evaluation reads, exactly one per run: a checkpoint, an export, or the embeddings an evaluation wrote.
+INPUT_KEYS = ("ckpt_path", "model_path", "embeddings_dir")
+
 __all__ = [
     "CONFIG_KEY",
+    "INPUT_KEYS",
     "EmbeddingModel",
     "ExportedBackbone",
     "evaluate",
@@ -107,11 +113,43 @@ def load_exported_model(model_path: str | os.PathLike[str]) -> tuple[EmbeddingMo
     return EmbeddingModel(ExportedBackbone(embedder)).eval(), embedder
 
 
+def _model_metrics(cfg: DictConfig, path: Path, evaluators: list[Evaluation]) -> tuple[EmbeddingModel, dict[str, Any]]:
+    """The embedding model of ``ckpt_path`` or ``model_path`` and what ``metrics.json`` records about it."""
+    if cfg.get("model_path") is not None:
+        model, embedder = load_exported_model(path)
+        for evaluator in evaluators:  # the export fuses flips itself, as its contract says; a second fusion differs
+            if evaluator.flip not in ("none", embedder.contract.flip):
+                log.warning(
+                    "eval.%s.flip=%s but the export fuses flip=%s in its graph; set eval.%s.flip=none to evaluate the "
+                    "export as it runs",
+                    evaluator.name, evaluator.flip, embedder.contract.flip, evaluator.name,
+                )  # fmt: skip
+        info = embedder.contract.model
+        metrics: dict[str, Any] = {"model_path": str(path.resolve()), "format": embedder.contract.export.get("format")}
+        metrics.update({k: info.get(k) for k in ("epoch", "global_step", "backbone", "head")}, device="cpu")
+        return model, metrics
+    device = resolve_device(cfg.get("device"))
+    model, ckpt = load_embedding_model(path, device)
+    run_config = ckpt[CONFIG_KEY]
+    return model, {
+        "ckpt_path": str(path.resolve()),
+        "epoch": ckpt.get("epoch"),
+        "global_step": ckpt.get("global_step"),
+        "backbone": run_config["model"]["backbone"].get("model_name"),
+        "head": run_config["model"]["head"].get("_target_"),
+        "device": str(device),
+    }
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path`` with every callback of ``cfg.eval`` (``configs/evaluate.yaml`` composed by Hydra).
+    """Evaluate ``cfg.ckpt_path`` (or ``model_path``) with every evaluation of ``cfg.eval``
+    (``configs/evaluate.yaml`` composed by Hydra), or recompute the metrics from ``embeddings_dir``.
 
     Each evaluation set is embedded once; its results (undefined metrics as ``"undefined"`` with a reason) and the
-    options used go to ``<output_dir>/metrics.json`` (written atomically), its curves to ``<output_dir>/curves/``.
+    options used go to ``<output_dir>/metrics.json`` (written atomically), its curves to ``<output_dir>/curves/`` and
+    its embeddings to ``<output_dir>/embeddings/<set>.npy`` with the image order in ``<set>.txt``. With
+    ``embeddings_dir`` (such a folder) no model is loaded: the protocols run on the stored embeddings, which must list
+    the configured set's images in its order.
 
     Returns:
         The metrics written to ``metrics.json``.
@@ -119,44 +157,32 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     # Evaluation sets of one world, real ones present; the training data is the checkpoint's, so data is not read.
     check_datasets(cfg, sections=("eval",))
     output_dir = ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
-    if (cfg.get("ckpt_path") is None) == (cfg.get("model_path") is None):
-        raise ValueError("give exactly one of ckpt_path=<checkpoint> and model_path=<export dir or model.onnx>")
-    ckpt_path = Path(str(cfg.ckpt_path or cfg.model_path))
-    if not ckpt_path.exists():
-        raise FileNotFoundError(f"{'ckpt_path' if cfg.get('ckpt_path') else 'model_path'}={str(ckpt_path)!r} not found")
+    given = [key for key in INPUT_KEYS if cfg.get(key) is not None]
+    if len(given) != 1:
+        raise ValueError(
+            "give exactly one of ckpt_path=<checkpoint>, model_path=<export dir or model.onnx> and "
+            f"embeddings_dir=<run dir>/embeddings, got {given or 'none'}"
+        )
+    source = Path(str(cfg.get(given[0])))
+    if not source.exists():
+        raise FileNotFoundError(f"{given[0]}={str(source)!r} not found")
     # Protocol files and image folders are checked before the (possibly large) checkpoint is loaded.
-    evaluators: list[EvaluationCallback] = instantiate_named(cfg.get("eval"))
+    evaluators: list[Evaluation] = instantiate_named(cfg.get("eval"))
     if not evaluators:
         raise ValueError("eval is empty: choose evaluation sets, e.g. eval=[lfw,ytf]")
-    if cfg.get("model_path") is not None:
-        model, embedder = load_exported_model(ckpt_path)
-        for evaluator in evaluators:  # the export fuses flips itself, as its contract says; a second fusion differs
-            if getattr(evaluator, "flip", "none") not in ("none", embedder.contract.flip):
-                log.warning(
-                    "eval.%s.flip=%s but the export fuses flip=%s in its graph; set eval.%s.flip=none to evaluate the "
-                    "export as it runs",
-                    evaluator.name, evaluator.flip, embedder.contract.flip, evaluator.name,
-                )  # fmt: skip
-        info = embedder.contract.model
-        metrics: dict[str, Any] = {
-            "model_path": str(ckpt_path.resolve()),
-            "format": embedder.contract.export.get("format"),
-        }
-        metrics.update({k: info.get(k) for k in ("epoch", "global_step", "backbone", "head")}, device="cpu")
+    stored: list[np.ndarray | None] = [None] * len(evaluators)
+    if given[0] == "embeddings_dir":
+        metrics: dict[str, Any] = {"embeddings_dir": str(source.resolve())}
+        stored = [read_embeddings(source, e.name, e.paths) for e in evaluators]  # all checked before any protocol
     else:
-        device = resolve_device(cfg.get("device"))
-        model, ckpt = load_embedding_model(ckpt_path, device)
-        run_config = ckpt[CONFIG_KEY]
-        metrics = {
-            "ckpt_path": str(ckpt_path.resolve()),
-            "epoch": ckpt.get("epoch"),
-            "global_step": ckpt.get("global_step"),
-            "backbone": run_config["model"]["backbone"].get("model_name"),
-            "head": run_config["model"]["head"].get("_target_"),
-            "device": str(device),
-        }
-    for evaluator in evaluators:
-        results = evaluator.evaluate(model)
+        model, metrics = _model_metrics(cfg, source, evaluators)
+    for evaluator, embeddings in zip(evaluators, stored, strict=True):
+        if embeddings is None:
+            embeddings = evaluator.embed(model)
+            if evaluator.save_embeddings:
+                directory = (evaluator.output_dir() or output_dir) / "embeddings"
+                write_embeddings(directory, evaluator.name, embeddings, evaluator.paths)
+        results = evaluator.evaluate_embeddings(embeddings)
         evaluator.write_curves(evaluator.curve_dir() or output_dir / "curves")
         metrics.update(results)
         summary = ", ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in evaluator.scalars().items())
