@@ -44,6 +44,8 @@ bench: ## All benchmarks, side by side ratios (BENCH_ARGS="--quick"); writes ben
 	$(PYTHON) scripts/bench_index_memory.py $(BENCH_ARGS)
 	$(PYTHON) scripts/bench_train.py $(BENCH_ARGS)
 	$(PYTHON) scripts/bench_inference.py $(BENCH_ARGS)
+	$(PYTHON) scripts/bench_ijb.py $(BENCH_ARGS)
+	$(PYTHON) scripts/bench_classifier.py $(BENCH_ARGS)
 
 clean: ## Remove caches
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

@@ -2,32 +2,37 @@
 
 Pure NumPy (no torch). Embeddings are L2-normalised rows; a score is the cosine (dot product).
 
-Definitions follow BLUFR (Liao, Lei, Yi, Li, IJCB 2014; official ``OpenSetROC.m``; protocols.md §2.4):
+Definitions follow BLUFR's official ``OpenSetROC.m`` (Liao, Lei, Yi, Li, IJCB 2014; BLUFR toolkit v1.0,
+2014-07-22, by Shengcai Liao; docs/protocols.md §2.4):
 
 * A probe whose identity has no gallery image is an **impostor**; its detection score is its best gallery score.
-* The threshold for a target FAR is the score that exactly ``k = floor(far · N_imp)`` impostor probes *exceed*
-  (the (k+1)-th highest impostor score), so the measured FAR never exceeds the target. A FAR below
-  ``1 / N_imp`` has no operating point and raises :class:`~facetrain.evaluation.verification.UndefinedMetricError`
-  (the same rule as TAR@FAR in :mod:`facetrain.evaluation.verification`).
+* For a target FAR the number of false alarms is ``k = round(far · N_imp)`` with MATLAB's ``round`` (halves away
+  from zero), and the threshold is the **k-th** highest impostor score. Two special cases, as in the official
+  function: ``k = 0`` (``far = 0``) puts the threshold midway between the highest impostor score and the lowest
+  genuine score above it (``impScore(1) + sqrt(eps)`` when there is none); ``k = N_imp`` puts it ``sqrt(eps)``
+  below the lowest impostor and genuine score, so every probe is accepted.
 * A **genuine** probe is detected and identified when its true identity is among the top ``rank`` gallery
-  identities **and** the score of its true identity exceeds the threshold. DIR is the fraction of genuine probes
-  for which that holds.
+  identities **and** its true-identity score is ``>=`` the threshold. DIR is the fraction of genuine probes for
+  which that holds. The measured FAR is ``k / N_imp`` (it may exceed the target by up to half a false alarm,
+  as in the official function).
 
-Two documented choices where BLUFR's MATLAB is silent or differs:
+Where facetrain differs from ``OpenSetROC.m`` (documented choices):
 
-* ``OpenSetROC.m`` puts the threshold *at* the ``round(far · N_imp)``-th impostor score (accept ``>=``); here the
-  threshold is the highest one still within the target FAR, so DIR@FAR equals the TAR@FAR rule of the
-  verification module ("best operating point whose FAR does not exceed the target"). The two differ only by the
-  genuine scores lying between two adjacent impostor scores.
-* A gallery identity with several images scores by its best image. Ranks count ties *against* the probe: the rank
-  of the true identity is the number of gallery identities scoring at least as high (MATLAB's stable sort breaks
-  ties by gallery order instead, which makes the result depend on file order).
+* A target ``0 < far < 1 / N_imp`` raises :class:`~facetrain.evaluation.verification.UndefinedMetricError` (the
+  house rule of TAR@FAR in :mod:`facetrain.evaluation.verification`) instead of silently measuring FAR 0 or
+  1 / N_imp; ``far = 0`` itself is the official zero-FAR point above.
+* A gallery identity with several images scores by its best image and ranks count identities (the official
+  function ranks images; with one image per identity, as in BLUFR, the two agree). Ranks count ties *against* the
+  probe: the rank of the true identity is the number of gallery identities scoring at least as high (MATLAB's
+  stable sort breaks exact ties by gallery order instead, which makes the result depend on file order).
+* Embeddings that are not unit rows are L2-normalised first, so a score is always the cosine.
 
 All scores equal (identical embeddings) raise ``ValueError`` rather than yield a meaningless DIR or rank-1.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,6 +52,9 @@ __all__ = [
     "dir_at_far",
     "dir_far_curve",
     "dir_from_scores",
+    "dir_thresholds",
+    "false_alarms",
+    "matlab_round",
     "open_set_report",
     "open_set_scores",
     "rank1_accuracy",
@@ -56,7 +64,7 @@ __all__ = [
     "verification_rate",
 ]
 
-# The open-set FAR grid of BLUFR's demo: [kron(10.^(-4:-1), 1:9), 1] (protocols.md §2.4).
+# The open-set FAR grid of BLUFR's demo: [kron(10.^(-4:-1), 1:9), 1] (docs/protocols.md §2.4).
 BLUFR_OPEN_SET_FARS: np.ndarray = np.append(np.kron(10.0 ** np.arange(-4, 0), np.arange(1, 10)), 1.0)
 
 
@@ -76,12 +84,21 @@ class OpenSetScores:
 
 
 def _embeddings(x: np.ndarray, what: str) -> np.ndarray:
+    """Finite ``(N, D)`` rows, L2-normalised: every score here is defined as a cosine.
+
+    Rows that are already unit (to 1e-6) are left bit for bit as they are, so normalised inputs (what the
+    callbacks pass) give exactly the scores they always gave.
+    """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"{what} must be a non-empty (N, D) array, got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{what} contain NaN or infinite values")
-    return x
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if np.any(norms == 0):
+        raise ValueError(f"{what}: row {int(np.argmax(norms[:, 0] == 0))} is zero, which has no direction (cosine)")
+    off = np.abs(norms - 1.0) > 1e-6
+    return np.where(off, x / norms, x) if np.any(off) else x
 
 
 def open_set_scores(
@@ -134,9 +151,52 @@ def open_set_scores(
     )
 
 
+# MATLAB's sqrt(eps): the margin OpenSetROC.m puts above / below the extreme scores for FAR = 0 / FAR = 1.
+_SQRT_EPS = float(np.sqrt(np.finfo(np.float64).eps))
+
+
 def _allowed_false_alarms(far: float, n_impostors: int) -> int:
+    """Impostor pairs allowed above the threshold of :func:`verification_rate` (``floor``, the TAR@FAR rule)."""
     check_far(far, n_impostors, "impostor probes")
     return int(np.floor(far * n_impostors * (1.0 + 1e-9)))  # slack: 0.01 · 300 may land just below 3
+
+
+def matlab_round(x: float) -> int:
+    """MATLAB's ``round`` of a non-negative number: halves go away from zero (NumPy's ``round`` goes to even)."""
+    whole = math.floor(x)
+    return int(whole) + (1 if x - whole >= 0.5 else 0)  # x - floor(x) is exact for doubles
+
+
+def false_alarms(far: float, n_impostors: int) -> int:
+    """``OpenSetROC.m``'s number of false alarms at ``far``: ``round(far · N_imp)``.
+
+    Raises:
+        ValueError: ``far`` is not in [0, 1].
+        UndefinedMetricError: ``0 < far < 1 / N_imp``, or there are no impostor probes.
+    """
+    if far == 0.0:
+        if n_impostors < 1:
+            raise UndefinedMetricError("FAR=0 is undefined without impostor probes")
+        return 0
+    check_far(far, n_impostors, "impostor probes")
+    return matlab_round(far * n_impostors)
+
+
+def dir_thresholds(scores: OpenSetScores, ks: np.ndarray) -> np.ndarray:
+    """``OpenSetROC.m``'s decision thresholds for ``ks`` false alarms (see the module docstring)."""
+    imp = np.sort(scores.impostor_scores)[::-1]
+    n_imp = imp.size
+    ks = np.asarray(ks, dtype=np.int64)
+    thresholds = np.zeros(ks.size)
+    inner = (ks > 0) & (ks < n_imp)
+    thresholds[inner] = imp[ks[inner] - 1]
+    # Decisions use >=, so FAR = 0 needs a threshold strictly above the top impostor score.
+    high = scores.genuine_scores[scores.genuine_scores > imp[0]]
+    thresholds[ks == 0] = imp[0] + _SQRT_EPS if high.size == 0 else (imp[0] + high.min()) / 2.0
+    # FAR = 1 accepts every impostor and every genuine probe.
+    lowest = min(imp[-1], scores.genuine_scores.min()) if scores.genuine_scores.size else imp[-1]
+    thresholds[ks == n_imp] = lowest - _SQRT_EPS
+    return thresholds
 
 
 def _check_rank(rank: int) -> None:
@@ -152,16 +212,21 @@ def _detected(scores: OpenSetScores, rank: int) -> np.ndarray:
     return np.sort(scores.genuine_scores[scores.genuine_ranks <= rank])
 
 
-def dir_from_scores(scores: OpenSetScores, far: float, rank: int = 1) -> float:
-    """Detection and identification rate at ``far`` and ``rank`` (see the module docstring)."""
+def _dirs(scores: OpenSetScores, ks: np.ndarray, rank: int) -> np.ndarray:
+    """DIR for each number of false alarms in ``ks``: genuine probes within ``rank`` scoring ``>=`` the threshold."""
     detected = _detected(scores, rank)
-    n_imp = scores.impostor_scores.size
-    k = _allowed_false_alarms(far, n_imp)
-    if k >= n_imp:
-        return detected.size / scores.genuine_scores.size
-    threshold = np.sort(scores.impostor_scores)[::-1][k]  # exactly k impostors (no ties) score above it
-    above = detected.size - np.searchsorted(detected, threshold, side="right")
-    return float(above / scores.genuine_scores.size)
+    if scores.impostor_scores.size == 0:
+        raise UndefinedMetricError("DIR is undefined without impostor probes")
+    thresholds = dir_thresholds(scores, ks)
+    accepted = detected.size - np.searchsorted(detected, thresholds, side="left")
+    return accepted / scores.genuine_scores.size
+
+
+def dir_from_scores(scores: OpenSetScores, far: float, rank: int = 1) -> float:
+    """Detection and identification rate at ``far`` (0 allowed) and ``rank`` (see the module docstring)."""
+    _detected(scores, rank)  # the genuine-probe and rank checks come before the FAR's
+    k = false_alarms(far, scores.impostor_scores.size)
+    return float(_dirs(scores, np.array([k]), rank)[0])
 
 
 def dir_at_far(
@@ -172,14 +237,15 @@ def dir_at_far(
     far: float = 0.01,
     rank: int = 1,
 ) -> float:
-    """BLUFR open-set identification rate: DIR at false-alarm rate ``far`` and rank ``rank``.
+    """BLUFR open-set identification rate: DIR at false-alarm rate ``far`` and rank ``rank`` (``OpenSetROC.m``).
 
-    Probes whose identity is not in the gallery are impostors. The threshold is exceeded by exactly
-    ``floor(far · N_imp)`` impostor probes' best gallery scores; a genuine probe counts when its true identity is
-    within the top ``rank`` gallery identities and its true-identity score exceeds the threshold.
+    Probes whose identity is not in the gallery are impostors. The threshold is the ``round(far · N_imp)``-th
+    highest impostor probe's best gallery score (special cases at FAR 0 and 1, see the module docstring); a genuine
+    probe counts when its true identity is within the top ``rank`` gallery identities and its true-identity score
+    is ``>=`` the threshold. Embeddings are L2-normalised if they are not unit rows.
 
     Raises:
-        UndefinedMetricError: ``far < 1 / N_imp`` (or no impostor probes).
+        UndefinedMetricError: ``0 < far < 1 / N_imp`` (or no impostor probes).
         ValueError: No genuine probes, bad inputs, or all scores equal.
     """
     return dir_from_scores(open_set_scores(gallery_emb, gallery_ids, probe_emb, probe_ids), far, rank)
@@ -196,18 +262,18 @@ def dir_far_curve(
     """DIR against FAR.
 
     Args:
-        fars: Target FARs (each must be >= 1 / N_imp, else :class:`UndefinedMetricError`). None gives the exact
+        fars: Target FARs (0, or each >= 1 / N_imp, else :class:`UndefinedMetricError`). None gives the exact
             curve: one point per achievable FAR k / N_imp, k = 1..N_imp.
 
     Returns:
-        ``(fars, dirs)`` as float arrays of one length.
+        ``(fars, dirs)`` as float arrays of one length: the targets (or k / N_imp) and their DIRs.
     """
     scores = open_set_scores(gallery_emb, gallery_ids, probe_emb, probe_ids)
     return _curve(scores, fars, rank)
 
 
 def _curve(scores: OpenSetScores, fars: Sequence[float] | np.ndarray | None, rank: int) -> tuple[np.ndarray, ...]:
-    detected = _detected(scores, rank)
+    _detected(scores, rank)
     n_imp = scores.impostor_scores.size
     if n_imp == 0:
         raise UndefinedMetricError("a DIR-FAR curve is undefined without impostor probes")
@@ -216,11 +282,8 @@ def _curve(scores: OpenSetScores, fars: Sequence[float] | np.ndarray | None, ran
         far_arr = ks / n_imp
     else:
         far_arr = np.asarray(fars, dtype=np.float64).ravel()
-        ks = np.array([_allowed_false_alarms(float(f), n_imp) for f in far_arr], dtype=np.int64)
-    imp_desc = np.append(np.sort(scores.impostor_scores)[::-1], -np.inf)  # k = N_imp accepts everything
-    thresholds = imp_desc[ks]
-    above = detected.size - np.searchsorted(detected, thresholds, side="right")
-    return far_arr, above / scores.genuine_scores.size
+        ks = np.array([false_alarms(float(f), n_imp) for f in far_arr], dtype=np.int64)
+    return far_arr, _dirs(scores, ks, rank)
 
 
 def rank1_accuracy(
@@ -358,7 +421,7 @@ def read_blufr_list(path: str | os.PathLike[str]) -> list[list[str]]:
     """Read one BLUFR text list (``gallery_set.txt``, ``probe_set.txt`` or ``test_set.txt``).
 
     BLUFR ships its protocol as ``blufr_lfw_config.mat`` (cells ``galIndex``, ``probIndex``, ``testIndex`` of
-    1-based indexes into ``imageList``) and, in ``list/lfw/``, as text (protocols.md §2.4). This reads the text
+    1-based indexes into ``imageList``) and, in ``list/lfw/``, as text (docs/protocols.md §2.4). This reads the text
     form: the first line is the number of trials; then, per trial, a line with the count n followed by n lines
     ``index, filename`` (e.g. ``4, Aaron_Peirsol_0001.jpg``). The file name is what is used; the 1-based index
     into ``image_list.txt`` is only checked to be a positive integer. A ``.mat`` file can be exported to this
