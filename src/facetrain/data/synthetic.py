@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -763,11 +763,16 @@ def _opencv_threads(n: int) -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def _run_jobs(jobs: list[_Job], workers: int) -> int:
-    """Runs jobs serially or on a process pool; output does not depend on the choice."""
+def _run_jobs(jobs: list[Any], workers: int, run: Callable[[Any], int] | None = None) -> int:
+    """Runs jobs serially or on a process pool; output does not depend on the choice.
+
+    ``run`` renders one job and returns the files it wrote (a module-level function, so workers can import it):
+    :func:`_run_job` by default, the IJB-C- and TinyFace-format jobs in :mod:`facetrain.data.synthetic_ijb`.
+    """
+    run = run or _run_job  # looked up at call time (tests replace it)
     # Daemonic processes (e.g. DataLoader workers) may not have children, so they render serially.
     if workers <= 1 or len(jobs) < 4 or mp.current_process().daemon:
-        return sum(_run_job(job) for job in jobs)
+        return sum(run(job) for job in jobs)
     # fork copies OpenCV's thread-pool bookkeeping but not its threads, so a child's first parallel OpenCV call
     # would wait forever on them if this process had used OpenCV before. With the pool shrunk to one thread while
     # forking, children inherit no pool. (fork rather than spawn: no re-import of the caller's __main__.)
@@ -779,10 +784,10 @@ def _run_jobs(jobs: list[_Job], workers: int) -> int:
             _opencv_threads(1),
             ProcessPoolExecutor(workers, mp_context=mp.get_context("fork"), initializer=_worker_init) as pool,
         ):
-            return sum(pool.map(_run_job, jobs, chunksize=4))
+            return sum(pool.map(run, jobs, chunksize=4))
     except BrokenProcessPool as error:
         logger.warning("synthetic: a render worker died (%s); rendering the %d jobs in this process", error, len(jobs))
-        return sum(_run_job(job) for job in jobs)
+        return sum(run(job) for job in jobs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -812,6 +817,9 @@ class SyntheticFaces:
         image_size: Width and height of every image.
         jpeg_quality: Quality of the saved JPEG files.
         workers: Generation processes (does not change the output).
+        ijbc: The IJB-C-format companion set (:class:`facetrain.data.synthetic_ijb.SyntheticIjbc`) or None; its
+            evaluation set generates it on first use (``eval.ijbc.source``), not :meth:`ensure`.
+        tinyface: The TinyFace-format companion set (``SyntheticTinyFace``) or None, likewise.
     """
 
     root: str | os.PathLike[str]
@@ -828,6 +836,8 @@ class SyntheticFaces:
     image_size: int = 112
     jpeg_quality: int = 95
     workers: int = 2
+    ijbc: Any = None
+    tinyface: Any = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -894,7 +904,8 @@ class SyntheticFaces:
 
     def params(self) -> dict[str, int]:
         """Parameters that determine the generated files (everything except ``root`` and ``workers``)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("root", "workers")}
+        skip = ("root", "workers", "ijbc", "tinyface")  # the companion sets keep their own manifests
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
 
     def lfw_names(self) -> list[str]:
         """Names of the LFW-format identities (index = identity number)."""

@@ -68,6 +68,9 @@ README_SECTIONS = {
     "ytf": "YouTube Faces",
     "bin": "Verification packs",
     "blufr": "BLUFR",
+    "ijbb": "IJB-B and IJB-C",
+    "ijbc": "IJB-B and IJB-C",
+    "tinyface": "TinyFace",
 }
 #: The section for a location outside every ``paths.*`` dataset folder (set directly, e.g. ``eval.lfw.root=...``).
 LAYOUT_SECTION = "Layout"
