@@ -167,6 +167,7 @@ def plain_run(cfg: DictConfig, batches: list[tuple[Any, Any]], steps: int, warmu
     total = warmup + steps + 1
     scheduler = instantiate(cfg.scheduler)(optimizer, total_steps=total) if cfg.get("scheduler") else None
     autocast = autocast_for(str(cfg.trainer.precision), device)
+    head.on_fit_start(total)  # the run length, as the training module passes it (a run-length c schedule needs it)
     backbone.train()
     head.train()
     stamps: list[float] = []

@@ -95,9 +95,13 @@ def _joined(out: Path, name: str, world: int) -> tuple[dict[str, torch.Tensor], 
 
 
 def test_saved_with_2_processes_resumes_with_1_and_3(tmp_path: Path) -> None:
+    # forkserver with torch preloaded: each child is forked from a clean server process, so it needs no second import
+    # of torch (seconds each on a loaded 2-core machine) yet inherits none of this process's threads. A plain fork
+    # hung here when an earlier test in the same pytest process had trained with torch's intra-op thread pool.
+    mp.set_forkserver_preload(["torch", "facetrain.classifier"])
     for phase, world in (("save", 2), ("load", 1), ("load", 3)):
-        # fork: the children need no second import of torch (seconds each on a loaded 2-core machine)
-        mp.start_processes(_worker, (world, _free_port(), str(tmp_path), phase), nprocs=world, start_method="fork")
+        args = (world, _free_port(), str(tmp_path), phase)
+        mp.start_processes(_worker, args, nprocs=world, start_method="forkserver")
     for name in CLASSIFIERS:
         saved, saved_parts = _joined(tmp_path, f"{name}_save", 2)
         ckpt = torch.load(tmp_path / f"{name}.ckpt", weights_only=True)
