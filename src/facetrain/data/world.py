@@ -40,6 +40,7 @@ __all__ = [
     "README_SECTIONS",
     "Location",
     "check_datasets",
+    "check_no_null_locations",
     "check_real_data_present",
     "check_world",
     "dataset_tree",
@@ -146,11 +147,15 @@ def locations(tree: Mapping[str, Any], sections: Iterable[str] = SECTIONS) -> li
     for prefix, node in _nodes(tree, sections):
         paths = {k: str(v) for k in LOCATION_KEYS if isinstance(v := node.get(k), str | os.PathLike) and str(v)}
         generator = node.get(SOURCE_KEY) is not None
+        # A companion generator (synthetic IJB-C, TinyFace) writes next to synthetic.root, under its own root.
+        generator_root = node.get(SOURCE_KEY) if isinstance(node.get(SOURCE_KEY), str) else None
         # A pairs or splits file belongs to the images it lists: one of the other world fails on its first name (the
         # reader's error), so it is never a silent mix; and own pair lists over the synthetic images are legitimate.
         images_synthetic = generator or any(_is_under(p, root) for k, p in paths.items() if k in DATA_KEYS)
         for key, path in paths.items():
-            is_synthetic = images_synthetic if key in PROTOCOL_KEYS else _is_under(path, root)
+            is_synthetic = (
+                images_synthetic if key in PROTOCOL_KEYS else _is_under(path, root) or _is_under(path, generator_root)
+            )
             found.append(Location(f"{prefix}.{key}", path, is_synthetic))
         if generator:
             found.append(Location(f"{prefix}.{SOURCE_KEY}", "<generator>", synthetic=True, generated=True))
@@ -191,6 +196,25 @@ def check_world(tree: Mapping[str, Any], sections: Iterable[str] = SECTIONS) -> 
         f"evaluation set from paths.* ({README} § {LAYOUT_SECTION}); world=synthetic (the default, with data=synthetic "
         "or data=casia_webface) reads them all from the synthetic faces. To run it as it is: allow_mixed_data=true"
     )
+
+
+def check_no_null_locations(tree: Mapping[str, Any], sections: Iterable[str] = SECTIONS) -> None:
+    """Refuses a dataset node whose images are null and which has no generator: a set the selected world has no
+    copy of (``world=synthetic`` sets ``world.ijbb.root: null``, as there is no IJB-B-format synthetic set).
+
+    Raises:
+        ConfigError: Naming the key, the world switch and the ``paths.*`` key of the real data.
+    """
+    for prefix, node in _nodes(tree, sections):
+        null = [k for k in DATA_KEYS if k in node and node[k] is None]
+        if null and node.get(SOURCE_KEY) is None and not any(node.get(k) for k in DATA_KEYS):
+            name = prefix.split(".")[-1]
+            section = README_SECTIONS.get(name, LAYOUT_SECTION)
+            raise ConfigError(
+                f"{prefix}.{null[0]} is null: the selected world (configs/world) has no copy of this dataset (there "
+                f"is no synthetic {name}). Use the real data: world=real with paths.{name}=<your copy> "
+                f"({README} § {section}), or leave {name} out of eval=[...]"
+            )
 
 
 def _present(path: str) -> bool:
@@ -248,7 +272,9 @@ def _plain(node: DictConfig, key: str) -> Any:
         value = node[key]
     except OmegaConfBaseException:
         return None
-    return value if not isinstance(value, DictConfig) else True  # a source node: only its presence matters
+    if isinstance(value, DictConfig):  # a source node: its presence, and the folder it writes (companion sets)
+        return str(value.get("root")) if value.get("root") else True
+    return value
 
 
 def dataset_tree(cfg: DictConfig, sections: Iterable[str] = SECTIONS) -> dict[str, Any]:
@@ -287,5 +313,6 @@ def check_datasets(cfg: DictConfig, sections: Iterable[str] = SECTIONS) -> None:
     """
     sections = tuple(sections)
     tree = dataset_tree(cfg, sections)
+    check_no_null_locations(tree, sections)
     found = check_world(tree, sections)
     check_real_data_present(found, tree["paths"])

@@ -197,7 +197,8 @@ class Evaluation(pl.Callback):
         return self._decoded
 
     def embed(self, module: pl.LightningModule | torch.nn.Module, trainer: pl.Trainer | None = None) -> np.ndarray:
-        """L2-normalised (flip-fused) embeddings of :attr:`paths` from ``module.embed``, sharded under DDP."""
+        """L2-normalised (flip-fused) embeddings of :attr:`paths` from ``module.embed``, sharded under DDP; with
+        their raw norms for a protocol that weighs by them (``protocol.unit_embeddings`` false, IJB's N1)."""
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         if world > 1:
             _broadcast_buffers(module)
@@ -218,6 +219,7 @@ class Evaluation(pl.Callback):
                     rank=rank,
                     world_size=world,
                     all_gather=(lambda t: trainer.strategy.all_gather(t)) if trainer is not None else None,
+                    normalize=self.protocol.unit_embeddings,
                 )
         finally:
             module.train(was_training)

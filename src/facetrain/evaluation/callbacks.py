@@ -13,9 +13,13 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
-from facetrain.evaluation import sets
+from facetrain.evaluation import sets, sets_ijb
 from facetrain.evaluation.callback import Evaluation, tensorboard_writers
+from facetrain.evaluation.ijb import IJB_FARS
+from facetrain.evaluation.ijb_search import IJB_FPIRS, IJB_RANKS
 from facetrain.evaluation.protocols import AGGREGATES, OpenSetProtocol, PairProtocol, VideoPairProtocol
+from facetrain.evaluation.protocols_ijb import IjbProtocol, TinyFaceProtocol
+from facetrain.evaluation.tinyface import TINYFACE_RANKS
 from facetrain.evaluation.verification import DEFAULT_FARS
 
 __all__ = [
@@ -23,8 +27,10 @@ __all__ = [
     "BinVerification",
     "Evaluation",
     "EvaluationCallback",
+    "IjbEvaluation",
     "OpenSetIdentification",
     "PairVerification",
+    "TinyFaceIdentification",
     "VideoBinVerification",
     "VideoVerification",
     "tensorboard_writers",
@@ -195,3 +201,58 @@ class OpenSetIdentification(Evaluation):
         else:
             loader = partial(sets.identity_folders, root, trials, seed, impostor_fraction, name=name)
         super().__init__(name, loader, protocol, **kwargs)
+
+
+class IjbEvaluation(Evaluation):
+    """IJB-B / IJB-C in InsightFace's packaging: :func:`~facetrain.evaluation.sets_ijb.ijb` (loose crops aligned
+    from their landmarks) + :class:`~facetrain.evaluation.protocols_ijb.IjbProtocol`.
+
+    Args:
+        name: Metric prefix (``ijbc`` gives ``val/ijbc/tar@far=0.0001``).
+        root: The set's folder (``loose_crop/``, ``meta/``).
+        prefix: File prefix, ``ijbc`` or ``ijbb``.
+        galleries: 1:N galleries (IJB-C ``G1, G2``; IJB-B ``S1, S2``).
+        variants, fars, ranks, fpirs, identification: See :class:`~facetrain.evaluation.protocols_ijb.IjbProtocol`.
+        **kwargs: See :class:`~facetrain.evaluation.callback.Evaluation`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        prefix: str = "ijbc",
+        galleries: Sequence[str] = ("G1", "G2"),
+        variants: Sequence[str] = ("N1D1",),
+        fars: Sequence[float] = IJB_FARS,
+        ranks: Sequence[int] = IJB_RANKS,
+        fpirs: Sequence[float] = IJB_FPIRS,
+        identification: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        protocol = IjbProtocol(variants, fars, ranks, fpirs, identification, name=name)
+        super().__init__(name, partial(sets_ijb.ijb, root, prefix, tuple(galleries), name=name), protocol, **kwargs)
+
+
+class TinyFaceIdentification(Evaluation):
+    """TinyFace closed-set identification: :func:`~facetrain.evaluation.sets_ijb.tinyface` (images resized to
+    112×112) + :class:`~facetrain.evaluation.protocols_ijb.TinyFaceProtocol`.
+
+    Args:
+        name: Metric prefix.
+        root: The ``tinyface`` folder holding ``Testing_Set/``.
+        image_root: Folder of ``Probe/``, ``Gallery_Match/``, ``Gallery_Distractor/`` (AdaFace's aligned copy);
+            None reads them from ``<root>/Testing_Set``.
+        ranks: See :class:`~facetrain.evaluation.protocols_ijb.TinyFaceProtocol`.
+        **kwargs: See :class:`~facetrain.evaluation.callback.Evaluation`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        image_root: str | None = None,
+        ranks: Sequence[int] = TINYFACE_RANKS,
+        **kwargs: Any,
+    ) -> None:
+        protocol = TinyFaceProtocol(ranks, name=name)
+        super().__init__(name, partial(sets_ijb.tinyface, root, image_root, name=name), protocol, **kwargs)

@@ -32,20 +32,24 @@ def flip_mode(flip: bool | str | None) -> str:
     return str(flip)
 
 
-def fuse_flip(emb: torch.Tensor, emb_flipped: torch.Tensor | None, mode: str) -> torch.Tensor:
+def fuse_flip(emb: torch.Tensor, emb_flipped: torch.Tensor | None, mode: str, normalize: bool = True) -> torch.Tensor:
     """L2-normalised fused embeddings of a batch and of its mirror image.
 
     ``sum`` adds the *raw* embeddings before normalising, exactly as InsightFace's ``test()``; ``concat`` joins
     the two L2-normalised halves and normalises the result (dividing by sqrt(2)), so its cosine is the mean of the
     two halves' cosines and its squared L2 distance stays in [0, 4].
+
+    ``normalize=False`` keeps the raw norm of ``none`` and ``sum`` (IJB's N1 template pooling weighs each face by
+    the norm of its flip-summed embedding, InsightFace's ``use_norm_score``); ``concat`` is unit either way.
     """
     mode = flip_mode(mode)
+    finish = (lambda x: F.normalize(x, dim=1)) if normalize else (lambda x: x)
     if mode == "none":
-        return F.normalize(emb, dim=1)
+        return finish(emb)
     if emb_flipped is None:
         raise ValueError(f"flip={mode!r} needs the embeddings of the mirrored images")
     if mode == "sum":
-        return F.normalize(emb + emb_flipped, dim=1)
+        return finish(emb + emb_flipped)
     return F.normalize(torch.cat([F.normalize(emb, dim=1), F.normalize(emb_flipped, dim=1)], dim=1), dim=1)
 
 
@@ -126,6 +130,7 @@ def embed_images(
     rank: int = 0,
     world_size: int = 1,
     all_gather: AllGather | None = None,
+    normalize: bool = True,
 ) -> np.ndarray:
     """L2-normalised embeddings of ``paths``, one row per path, in the order given.
 
@@ -140,6 +145,7 @@ def embed_images(
             :func:`fuse_flip`; ``concat`` doubles the width). Booleans mean none/sum.
         all_gather: Collective that stacks a tensor from every rank into ``(world, ...)``; needed when
             ``world_size > 1``.
+        normalize: False returns the raw (flip-fused) embeddings, norms kept (see :func:`fuse_flip`).
     """
     mode = flip_mode(flip)
     if isinstance(paths, DecodedImages):
@@ -156,7 +162,7 @@ def embed_images(
         images = images.to(device)
         emb = embed(images).float()
         flipped = embed(torch.flip(images, dims=[3])).float() if mode != "none" else None
-        chunks.append(fuse_flip(emb, flipped, mode))
+        chunks.append(fuse_flip(emb, flipped, mode, normalize))
     local_emb = torch.cat(chunks) if chunks else torch.empty(0, 0, device=device)
     if world_size == 1:
         return local_emb.cpu().numpy()

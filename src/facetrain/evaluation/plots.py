@@ -21,6 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from facetrain.utils.io import atomic_write  # noqa: E402
 
 __all__ = [
+    "cmc_figure",
     "dir_far_figure",
     "read_curve_csv",
     "roc_figure",
@@ -128,6 +129,23 @@ def dir_far_figure(fars: np.ndarray, dirs: np.ndarray, title: str, std: np.ndarr
     ax.set_ylabel("detection and identification rate")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def cmc_figure(curves: Mapping[str, np.ndarray], title: str) -> Figure:
+    """Cumulative match characteristic curves (label → identification rate at rank 1, 2, ...), one per gallery."""
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.add_subplot()
+    for label, rates in curves.items():
+        ax.plot(np.arange(1, len(rates) + 1), rates, marker=".", lw=1.5, label=label)
+    ax.set_ylim(0.0, 1.01)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("identification rate")
+    ax.set_title(title)
+    if len(curves) > 1:
+        ax.legend(fontsize=7, loc="lower right")
+    ax.grid(True, alpha=0.3)
     fig.tight_layout()
     return fig
 

@@ -64,6 +64,8 @@ class Protocol:
     """
 
     set_type: type[EvaluationSet] = EvaluationSet
+    #: The callback hands L2-normalised embeddings; False: the raw flip-fused ones (a protocol that uses the norm).
+    unit_embeddings: bool = True
 
     def __init__(self, name: str = "eval") -> None:
         self.name = name
