@@ -20,6 +20,17 @@ CONFIGS = ROOT / "configs"
 Composer = Callable[..., DictConfig]
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment() -> Iterator[None]:
+    """Every test leaves os.environ as it found it. Lightning writes MASTER_ADDR / MASTER_PORT / ranks into it when a
+    Trainer is built (e.g. MASTER_ADDR=node07 from a faked SLURM environment); a later test's train.py subprocess then
+    inherited them and hung in the DDP rendezvous."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 def _composer(tmp_path: Path) -> Composer:
     """Compose ``train.yaml`` with overrides; data and outputs go under ``tmp_path``."""
 

@@ -36,6 +36,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate_config(cfg)  # keys and ranges, before any data is read or generated
     check_classifier_head(cfg.get("classifier"), cfg.get("loss"), cfg.get("optimizer"))  # e.g. loss=softmax
     check_datasets(cfg)  # one world (synthetic or real) for training and evaluation; real datasets where said
+    check_optimized_metric(cfg.get("optimized_metric"), cfg.get("eval"))  # e.g. lfw/acc with eval=[ijbc]
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
@@ -111,6 +112,24 @@ def collect_metrics(trainer: pl.Trainer, evaluators: list[Evaluation], num_class
     for evaluator in evaluators:
         metrics.update(evaluator.results)
     return metrics
+
+
+def check_optimized_metric(name: str | None, evals: DictConfig | None) -> None:
+    """Refuses, before any data is read, an ``optimized_metric`` whose set is not evaluated by this run.
+
+    Metric names are ``<set>/<key>`` (``lfw/acc``) or ``train/<key>``; without this check a run with ``eval=[ijbc]``
+    would train to the end and only then fail to find the default ``lfw/acc``.
+    """
+    if not name:
+        return
+    prefix = str(name).split("/", 1)[0]
+    sets = sorted(evals or {})
+    if prefix != "train" and prefix not in sets:
+        example = f"{sets[0]}/<metric>" if sets else "train/loss"
+        raise ValueError(
+            f"optimized_metric={name!r} names the set {prefix!r}, which this run does not evaluate (eval={sets}): set "
+            f"optimized_metric={example} or optimized_metric=null"
+        )
 
 
 def get_metric_value(metrics: dict[str, Any], name: str | None) -> float | None:
