@@ -3,11 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from facetrain.tasks.train import get_metric_value, train
+from facetrain.tasks.train import check_optimized_metric, get_metric_value, train
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    check_optimized_metric(cfg.get("optimized_metric"), cfg.get("eval"))  # before any data is read
     return get_metric_value(train(cfg), cfg.get("optimized_metric"))
 
 

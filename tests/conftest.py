@@ -12,6 +12,7 @@ import pytest
 import pytorch_lightning as pl
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from lightning_utilities.core.rank_zero import rank_zero_only
 from omegaconf import DictConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,14 +22,18 @@ Composer = Callable[..., DictConfig]
 
 
 @pytest.fixture(autouse=True)
-def _restore_environment() -> Iterator[None]:
-    """Every test leaves os.environ as it found it. Lightning writes MASTER_ADDR / MASTER_PORT / ranks into it when a
-    Trainer is built (e.g. MASTER_ADDR=node07 from a faked SLURM environment); a later test's train.py subprocess then
-    inherited them and hung in the DDP rendezvous."""
-    saved = dict(os.environ)
+def _restore_process_state() -> Iterator[None]:
+    """Every test leaves os.environ and Lightning's global rank as it found them.
+
+    Building a Trainer writes MASTER_ADDR / MASTER_PORT / ranks into os.environ and sets ``rank_zero_only.rank``. After
+    a test that faked a SLURM task (global rank 6), a later test's train.py subprocess inherited MASTER_ADDR=node07 and
+    hung in the DDP rendezvous, and every later in-process run skipped its rank-zero work (records, TensorBoard).
+    """
+    saved_env, saved_rank = dict(os.environ), getattr(rank_zero_only, "rank", 0)
     yield
     os.environ.clear()
-    os.environ.update(saved)
+    os.environ.update(saved_env)
+    rank_zero_only.rank = saved_rank
 
 
 def _composer(tmp_path: Path) -> Composer:

@@ -20,23 +20,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from facetrain import losses
 from facetrain.classifier import ShardedClassifier, init_rows
+from tests.unit.test_classifier import HEADS as UNIT_HEADS
 
 pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
-HEADS = {
-    "normface": losses.NormFaceHead,
-    "sphereface": losses.SphereFaceHead,
-    "cosface": losses.CosFaceHead,
-    "arcface": losses.ArcFaceHead,
-    "cam_softmax": functools.partial(losses.CamSoftmaxHead, c_policy=losses.AdaptiveC(start=1.3, max_step=0.01)),
-    "combined": losses.CombinedMarginHead,
-    "curricularface": functools.partial(losses.CurricularFaceHead, t_init=0.2, momentum=0.2),
-    "adaface": functools.partial(losses.AdaFaceHead, t_alpha=0.2),
-    "magface": losses.MagFaceHead,
-    "subcenter_arcface": losses.SubCenterArcFaceHead,
-}
+HEADS = UNIT_HEADS  # the same ten heads and settings as the single-process tests
 #: Trained 20 steps with 3 processes too (every head is trained with 2); the rest keeps the test inside its budget.
 TRAINED_WITH_3 = ("arcface", "cam_softmax", "curricularface", "adaface", "subcenter_arcface")
 TOLERANCE = 1e-5

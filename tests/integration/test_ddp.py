@@ -30,19 +30,22 @@ def test_ddp_two_cpu_processes_match_single_process_eval(tmp_path: Path) -> None
         "classifier=partial_fc",
         "classifier.sample_rate=0.5",
         "synthetic.num_train_ids=21",
+        # IJB-C-format templates too (raw-norm embeddings gathered across ranks), on a tiny companion set.
+        "eval=[lfw,ytf,ijbc]",
+        "synthetic.ijbc.num_ids=8",
         f"paths.data_dir={tmp_path / 'data'}",
         f"hydra.run.dir={run_dir}",
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp_metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert ddp_metrics["lfw/pairs"] > 0
+    assert ddp_metrics["lfw/pairs"] > 0 and "ijbc/tar@far=0.01" in ddp_metrics
 
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     cfg = OmegaConf.create(ckpt["facetrain_config"])
     model = instantiate(cfg.model, num_classes=ckpt["state_dict"]["head.weight"].shape[0])
     model.load_state_dict(ckpt["state_dict"])
     n_images = {}
-    for name in ("lfw", "ytf"):
+    for name in ("lfw", "ytf", "ijbc"):
         callback = instantiate(cfg.eval[name])
         single = callback.evaluate(model)
         n_images[name] = len(callback.paths)

@@ -125,6 +125,7 @@ def test_multirun_every_head(tmp_path: Path) -> None:
         (["loss=arcface", "loss.margin=-0.2"], "loss.margin=-0.2 is invalid: it must be a number in [0, pi)", True),
         (["+trainer.max_epoch=2"], "did you mean trainer.max_epochs?", True),
         (["eval.lfw.pairs_file=PAIRS"], "Nobody_There", False),
+        (["eval=[ytf]"], "optimized_metric='lfw/acc' names the set 'lfw'", True),
     ],
 )
 def test_bad_input_stops_before_training(

@@ -36,7 +36,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate_config(cfg)  # keys and ranges, before any data is read or generated
     check_classifier_head(cfg.get("classifier"), cfg.get("loss"), cfg.get("optimizer"))  # e.g. loss=softmax
     check_datasets(cfg)  # one world (synthetic or real) for training and evaluation; real datasets where said
-    check_optimized_metric(cfg.get("optimized_metric"), cfg.get("eval"))  # e.g. lfw/acc with eval=[ijbc]
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = ensure_writable_dir(cfg.paths.output_dir, "paths.output_dir")
@@ -118,7 +117,8 @@ def check_optimized_metric(name: str | None, evals: DictConfig | None) -> None:
     """Refuses, before any data is read, an ``optimized_metric`` whose set is not evaluated by this run.
 
     Metric names are ``<set>/<key>`` (``lfw/acc``) or ``train/<key>``; without this check a run with ``eval=[ijbc]``
-    would train to the end and only then fail to find the default ``lfw/acc``.
+    would train to the end and only then fail to find the default ``lfw/acc``. ``train.py`` calls it before
+    :func:`train` (only the Hydra entry point returns the metric).
     """
     if not name:
         return
