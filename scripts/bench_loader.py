@@ -55,17 +55,13 @@ import torch
 from albumentations.pytorch import ToTensorV2
 from torch.utils.data import DataLoader, Dataset
 
+from facetrain.data.batches import collate_batch
+from facetrain.data.checks import find_bad_images
 from facetrain.data.convert import folders_to_recordio
-from facetrain.data.images import (
-    GpuAugment,
-    LabelledImages,
-    Uint8CHW,
-    collate_batch,
-    find_bad_images,
-    scan_identity_folders,
-)
+from facetrain.data.image_files import LabelledImages, scan_identity_folders
 from facetrain.data.recordio import RecordIOFaces
 from facetrain.data.synthetic import SyntheticFaces
+from facetrain.data.transforms import GpuAugment, Uint8CHW
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "bench_results" / "loader.json"

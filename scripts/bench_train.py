@@ -42,7 +42,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
-from facetrain.training.host_sync import HostReadsPerStep, cuda_sync_counter
+from facetrain.callbacks.host_reads import HostReadsPerStep
+from facetrain.training.host_sync import cuda_sync_counter
 from facetrain.utils.bench import machine_info, median, write_report
 from facetrain.utils.instantiate import instantiate, instantiate_named
 
@@ -353,7 +354,7 @@ def loader_share(args: argparse.Namespace, backbone: str, device: torch.device, 
     ]
     cfg = compose_config(backbone, args.batch_size, args.image_size, overrides, out)
     datamodule = instantiate(cfg.data)
-    _ = datamodule.num_classes  # generates the synthetic tree on first use
+    datamodule.setup("fit")  # generates the synthetic tree on first use
     timer = StepTimer(args.warmup, args.warmup + args.steps, device)
     model = instantiate(cfg.model, num_classes=datamodule.num_classes)
     fit = instantiate(

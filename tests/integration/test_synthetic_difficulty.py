@@ -7,9 +7,9 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from facetrain.data.images import read_rgb
+from facetrain.callbacks.eval_sets import PairVerification
+from facetrain.data.decode import read_rgb
 from facetrain.data.synthetic import SyntheticFaces
-from facetrain.evaluation.callbacks import PairVerification
 from facetrain.evaluation.verification import kfold_accuracy
 from facetrain.models.backbone import FaceBackbone
 

@@ -22,7 +22,7 @@ from facetrain.data.align import (
     similarity_transform,
 )
 from tests.conftest import ROOT
-from tests.unit.test_images import damage_jpeg_middle, face_like_image
+from tests.unit.test_decode import damage_jpeg_middle, face_like_image
 
 
 def similarity(scale: float, degrees: float, tx: float, ty: float) -> np.ndarray:

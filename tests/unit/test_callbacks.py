@@ -27,23 +27,27 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from sklearn.preprocessing import normalize
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from facetrain.data.binset import load_bin
-from facetrain.data.convert import lfw_pairs_to_bin, ytf_splits_to_bin
-from facetrain.data.protocols import write_lfw_pairs, write_ytf_splits
-from facetrain.evaluation.callback import read_embeddings
-from facetrain.evaluation.callbacks import (
+from facetrain.callbacks.eval_sets import (
     BinVerification,
     OpenSetIdentification,
     PairVerification,
+    SetEvaluation,
     VideoBinVerification,
     VideoVerification,
 )
+from facetrain.data.binset import load_bin
+from facetrain.data.convert import lfw_pairs_to_bin, ytf_splits_to_bin
+from facetrain.data.protocols import write_lfw_pairs, write_ytf_splits
 from facetrain.evaluation.embed import embed_images
+from facetrain.evaluation.embedding_files import read_embeddings
 from facetrain.evaluation.plots import read_curve_csv, subsample_curve, write_curve_csv
-from facetrain.evaluation.verification import UNDEFINED, kfold_accuracy_mean_subtracted
-from facetrain.tasks.evaluate import evaluate
-from facetrain.utils.instantiate import instantiate_named
-from facetrain.utils.schema import validate_config
+from facetrain.evaluation.protocols import PairProtocol
+from facetrain.evaluation.sets import PairSet, lfw_pairs
+from facetrain.evaluation.verification import UNDEFINED, kfold_accuracy, mean_subtracted_scorer
+from facetrain.tasks.evaluate import evaluate, load_embedding_model
+from facetrain.utils.instantiate import MOVED_TARGETS, instantiate_named
+from facetrain.utils.schema import ConfigError, validate_config
+from tests.inference_helpers import make_checkpoint, run_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -184,13 +188,8 @@ def test_pair_verification_options_change_the_scores(lfw: Path, tmp_path: Path) 
     assert results["lfw/flip"] == "sum" and results["lfw/score"] == "l2" and results["lfw/mean_subtraction"] is True
     assert results["lfw/thresholds"] == "grid of 400 from 0 to 3.99"
     emb = callback.embeddings
-    expected = kfold_accuracy_mean_subtracted(
-        emb[callback.set.left],
-        emb[callback.set.right],
-        callback.set.pairs.issame,
-        folds=callback.set.pairs.folds,
-        score="l2",
-    )
+    scorer = mean_subtracted_scorer(emb[callback.set.left], emb[callback.set.right], "l2")
+    expected = kfold_accuracy(scorer, callback.set.pairs.issame, greater_is_same=False, folds=callback.set.pairs.folds)
     np.testing.assert_allclose(callback.report["scores"], expected["scores"])
     assert results["lfw/acc"] == 1.0
 
@@ -214,8 +213,8 @@ def test_bad_options_fail_before_reading_files(tmp_path: Path) -> None:
     missing = str(tmp_path / "nothing")
     for kwargs, message in [
         ({"flip": "mirror"}, "flip must be one of"),
-        ({"score": "dot"}, "score must be one of"),
-        ({"fars": [0.0]}, r"fars must be false-accept rates in \(0, 1\]"),
+        ({"score": "dot"}, r"eval\.lfw\.score='dot' is invalid: it must be one of"),
+        ({"fars": [0.0]}, r"eval\.lfw\.fars=\[0\.0\] is invalid: .* \(0, 1\]"),
         ({"threshold_grid": [1.0]}, "start, stop, step"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -339,7 +338,7 @@ def test_video_aggregations_differ_and_sampling(ytf: tuple[Path, dict], tmp_path
     assert sampled.evaluate(HalvesModel())["ytf/frames_per_video"] == 2
     with pytest.raises(ValueError, match="set frames_per_video=null"):
         _video(ytf, tmp_path, aggregate="first_k", frames_per_video=2)
-    with pytest.raises(ValueError, match="aggregate must be one of"):
+    with pytest.raises(ValueError, match="aggregate='median' is invalid: it must be one of"):
         _video(ytf, tmp_path, aggregate="median")
 
 
@@ -542,7 +541,7 @@ def test_evaluate_writes_embeddings_and_recomputes_the_metrics_from_them(
 def test_generic_evaluation_config_equals_the_format_entry(lfw: Path, tmp_path: Path) -> None:
     """A new set is a loader + a protocol: the nested config builds the same evaluation as eval/lfw's entry."""
     node = OmegaConf.create({"lfw": {
-        "_target_": "facetrain.evaluation.callback.Evaluation", "name": "lfw", "dirpath": str(tmp_path),
+        "_target_": "facetrain.callbacks.evaluation.Evaluation", "name": "lfw", "dirpath": str(tmp_path),
         "set": {"_target_": "facetrain.evaluation.sets.lfw_pairs", "_partial_": True, "root": str(lfw / "lfw"),
                 "pairs_file": str(lfw / "pairs.txt"), "ext": "png"},
         "protocol": {"_target_": "facetrain.evaluation.protocols.PairProtocol", "score": "l2", "name": "lfw"},
@@ -553,3 +552,67 @@ def test_generic_evaluation_config_equals_the_format_entry(lfw: Path, tmp_path: 
     node.lfw.protocol.scor = "l2"
     with pytest.raises(ValueError, match=r"lfw\.protocol\.scor is not a parameter.*did you mean lfw\.protocol\.score"):
         validate_config(node)
+
+
+# --- the eval/ entries: keys from the set loader, the protocol and the callback ---------------------------------------
+def test_entry_keys_are_the_loader_protocol_and_callback_parameters(lfw: Path, tmp_path: Path) -> None:
+    """An entry declares a loader and a protocol class; a key goes to whichever of the three takes it."""
+    callback = _pairs(lfw, tmp_path, score="l2", every_n_epochs=3)  # ext -> loader, score -> protocol, rest -> callback
+    assert callback.protocol.score == "l2" and callback.every_n_epochs == 3
+    assert len(callback.paths) == 16  # the .png images were found: ext reached the loader
+    with pytest.raises(TypeError, match=r"eval\.lfw \(PairVerification\): .*unexpected keyword argument 'scor'"):
+        _pairs(lfw, tmp_path, scor="l2")
+    with pytest.raises(TypeError, match=r"eval\.lfw \(PairVerification\): missing a required argument: 'pairs_file'"):
+        PairVerification("lfw", root=str(lfw / "lfw"))
+
+
+def test_a_new_entry_is_a_loader_and_a_protocol(lfw: Path, tmp_path: Path) -> None:
+    def png_pairs(root: str, pairs_file: str, name: str = "png") -> PairSet:
+        return lfw_pairs(root, pairs_file, ext="png", name=name)
+
+    class PngPairs(SetEvaluation):
+        load = png_pairs
+        protocol_type = PairProtocol
+
+    built = PngPairs("lfw", root=str(lfw / "lfw"), pairs_file=str(lfw / "pairs.txt"), score="l2", dirpath=str(tmp_path))
+    assert built.evaluate(HalvesModel()) == _pairs(lfw, tmp_path, score="l2").evaluate(HalvesModel())
+
+    def clashing(root: str, score: str = "x", name: str = "x") -> PairSet:
+        raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="key 'score' belongs to both the set and protocol"):
+        type("Clash", (SetEvaluation,), {"load": clashing, "protocol_type": PairProtocol})
+
+
+def test_a_moved_target_is_refused_with_its_new_place(compose_cfg) -> None:
+    """A config naming a callback where it lived before facetrain.callbacks (a copied old run config) says where."""
+    cfg = compose_cfg("eval=[lfw]")
+    OmegaConf.set_struct(cfg, False)
+    cfg.eval.lfw._target_ = "facetrain.evaluation.callbacks.PairVerification"
+    moved = r"eval\.lfw\._target_='facetrain\.evaluation\.callbacks\.PairVerification' has moved: write _target_: "
+    with pytest.raises(ConfigError, match=moved + r"facetrain\.callbacks\.eval_sets\.PairVerification"):
+        validate_config(cfg)
+    with pytest.raises(
+        ValueError, match=r"lfw\._target_=.* has moved: write _target_: facetrain\.callbacks\.eval_sets"
+    ):
+        instantiate_named(cfg.eval)
+
+
+def test_a_checkpoint_written_before_the_move_still_evaluates(tmp_path: Path) -> None:
+    """evaluate.py rebuilds only the backbone from a checkpoint's stored config: old callback paths there are inert."""
+    config = run_config(model_name="resnet10t")
+    config["eval"]["lfw"]["_target_"] = "facetrain.evaluation.callbacks.PairVerification"
+    config["callbacks"] = {"preemption": {"_target_": "facetrain.training.checkpoint.Preemption", "dirpath": "x"}}
+    path, state = make_checkpoint(tmp_path / "old.ckpt", config)
+    model, _ = load_embedding_model(path)
+    for key, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(value, state[f"backbone.{key}"])
+
+
+@pytest.mark.parametrize(("old", "new"), sorted(MOVED_TARGETS.items()))
+def test_moved_targets_table_is_current(old: str, new: str) -> None:
+    from hydra.utils import get_object
+
+    assert isinstance(get_object(new), type)
+    with pytest.raises(Exception, match="Error loading|No module named|has no attribute"):  # noqa: PT011 - Hydra's own
+        get_object(old)

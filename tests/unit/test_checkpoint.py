@@ -12,8 +12,8 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader, TensorDataset
 
+from facetrain.callbacks.preemption import Preemption
 from facetrain.training.checkpoint import (
-    Preemption,
     SafeCheckpointIO,
     UnsafeCheckpointError,
     find_last_checkpoint,

@@ -15,14 +15,16 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from albumentations.pytorch import ToTensorV2
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, default_collate
 
 from facetrain.data.datamodule import FaceDataModule
-from facetrain.data.images import GpuAugment, IndexedDataset, LabelledImages, Uint8CHW, to_tensor
+from facetrain.data.dataset import FaceDataset, IndexedDataset
+from facetrain.data.image_files import IdentityFolders, LabelledImages
 from facetrain.data.index import PathTable
 from facetrain.data.sampler import EpochSeeded, ResumableSampler
+from facetrain.data.transforms import GpuAugment, Uint8CHW, find_normalize, to_tensor
 from facetrain.utils.instantiate import instantiate
-from tests.unit.test_images import damage_jpeg_middle
+from tests.unit.test_decode import damage_jpeg_middle
 
 # CASIA-WebFace layout: 7-digit identity folders, 3-digit images; two ids of SphereFace's LFW-overlap list
 IDENTITIES = {"0000045": 4, "0000099": 4, "0000100": 3, "0166921": 3, "1193098": 2}
@@ -55,12 +57,19 @@ def make(root: Path, tmp_path: Path, **kwargs) -> FaceDataModule:
     return FaceDataModule(str(root), batch_size=2, num_workers=0, **kwargs)
 
 
+def built(root: Path, tmp_path: Path, **kwargs) -> FaceDataModule:
+    """A data module after ``setup("fit")``: the training data scanned, checked, noised and recorded."""
+    dm = make(root, tmp_path, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
 def record(tmp_path: Path) -> dict:
     return json.loads((tmp_path / "run" / "data_exclusions.json").read_text())
 
 
 def test_plain_identity_folders_and_record(casia: Path, tmp_path: Path) -> None:
-    dm = make(casia, tmp_path)
+    dm = built(casia, tmp_path)
     assert dm.num_classes == 5 and dm.num_images == 16
     assert dm.classes == sorted(IDENTITIES)
     rec = record(tmp_path)
@@ -73,7 +82,7 @@ def test_plain_identity_folders_and_record(casia: Path, tmp_path: Path) -> None:
 
 
 def test_exclude_sphereface3(casia: Path, tmp_path: Path) -> None:
-    dm = make(casia, tmp_path, exclude_identities="sphereface3")
+    dm = built(casia, tmp_path, exclude_identities="sphereface3")
     assert dm.num_classes == 3 and dm.num_images == 11
     assert dm.classes == ["0000045", "0000099", "0000100"]
     ex = record(tmp_path)["exclude_identities"]
@@ -88,7 +97,7 @@ def test_exclude_sphereface3(casia: Path, tmp_path: Path) -> None:
 def test_exclude_user_file(casia: Path, tmp_path: Path) -> None:
     user = tmp_path / "mine.txt"
     user.write_text("# overlap found by hand\n0000099  # someone\n9999999\n")
-    dm = make(casia, tmp_path, exclude_identities=str(user))
+    dm = built(casia, tmp_path, exclude_identities=str(user))
     assert dm.num_classes == 4
     ex = record(tmp_path)["exclude_identities"]
     assert ex["list"] == str(user) and ex["not_in_data"] == ["9999999"]
@@ -97,7 +106,7 @@ def test_exclude_user_file(casia: Path, tmp_path: Path) -> None:
 def test_bad_config_values_fail_at_construction(casia: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="data.exclude_identities='lfw17'"):
         make(casia, tmp_path, exclude_identities="lfw17")
-    with pytest.raises(ValueError, match=r"data.label_noise.rate must be in \[0, 0.6\], got 0.9"):
+    with pytest.raises(ValueError, match=r"data\.label_noise\.rate\b.*(0\.9.*\[0, 0\.6\]|\[0, 0\.6\].*0\.9)"):
         make(casia, tmp_path, label_noise={"kind": "symmetric", "rate": 0.9, "seed": 0})
     with pytest.raises(ValueError, match="data.on_bad_image"):
         make(casia, tmp_path, on_bad_image="ignore")
@@ -118,18 +127,18 @@ def test_bad_images_error_names_the_file_before_training(casia: Path, tmp_path: 
     truncated, _ = corrupt(casia)
     dm = make(casia, tmp_path)
     with pytest.raises(OSError, match="2 unreadable training image") as info:
-        dm.num_classes  # noqa: B018 - the first access scans and checks
+        dm.setup("fit")
     assert str(truncated) in str(info.value) and "data.on_bad_image=skip" in str(info.value)
 
 
 def test_jpeg_damaged_in_the_middle_is_caught_by_the_decode_check(casia: Path, tmp_path: Path) -> None:
     damaged = casia / "0000099" / "002.jpg"
     damaged.write_bytes(damage_jpeg_middle(damaged.read_bytes()))
-    assert make(casia, tmp_path, verify_images="header").num_images == 16  # markers intact: the quick check passes
+    assert built(casia, tmp_path, verify_images="header").num_images == 16  # markers intact: the quick check passes
     with pytest.raises(OSError, match="1 unreadable training image.*Corrupt JPEG data") as info:
-        make(casia, tmp_path, verify_images="decode").num_classes  # noqa: B018 - the first access scans and checks
+        built(casia, tmp_path, verify_images="decode")
     assert str(damaged) in str(info.value)
-    dm = make(casia, tmp_path, verify_images="decode", on_bad_image="skip")
+    dm = built(casia, tmp_path, verify_images="decode", on_bad_image="skip")
     assert dm.num_images == 15 and str(damaged) in (tmp_path / "run" / "bad_images.txt").read_text()
 
 
@@ -137,9 +146,9 @@ def test_bad_images_skip_counts_lists_and_warns_once(casia: Path, tmp_path: Path
     truncated, empty = corrupt(casia)
     (casia / "0000099" / "001.jpg").write_bytes(b"")
     with caplog.at_level(logging.WARNING, logger="facetrain.data.datamodule"):
-        dm = make(casia, tmp_path, on_bad_image="skip")
+        dm = built(casia, tmp_path, on_bad_image="skip")
         assert dm.num_images == 13 and dm.num_classes == 5
-        dm.setup("fit")
+        dm.setup("fit")  # a second call reuses the built data: no second warning
     warnings = [r for r in caplog.records if "skipped" in r.message]
     assert len(warnings) == 1 and "skipped 3 unreadable" in warnings[0].getMessage()
     lines = (tmp_path / "run" / "bad_images.txt").read_text().splitlines()
@@ -152,7 +161,7 @@ def test_bad_images_skip_counts_lists_and_warns_once(casia: Path, tmp_path: Path
 def test_skip_that_empties_an_identity_drops_the_class(casia: Path, tmp_path: Path) -> None:
     for image in (casia / "1193098").iterdir():
         image.write_bytes(b"")
-    dm = make(casia, tmp_path, on_bad_image="skip")
+    dm = built(casia, tmp_path, on_bad_image="skip")
     assert dm.num_classes == 4 and "1193098" not in dm.classes
     assert record(tmp_path)["bad_images"]["identities_emptied"] == ["1193098"]
 
@@ -188,13 +197,14 @@ def test_outlier_noise_swaps_images_not_labels(casia: Path, tmp_path: Path) -> N
 
 
 def test_records_fall_back_to_the_trainer_root(casia: Path, tmp_path: Path) -> None:
-    dm = make(casia, tmp_path, output_dir=None, label_noise={"kind": "symmetric", "rate": 0.2})
-    assert dm.num_classes == 5
+    dm = built(casia, tmp_path, output_dir=None, label_noise={"kind": "symmetric", "rate": 0.2})
+    assert dm.num_classes == 5  # built by the task's explicit setup, before a trainer exists
     assert not (tmp_path / "run").exists()
     dm.trainer = SimpleNamespace(default_root_dir=str(tmp_path / "trainer_root"), training=True)
     dm.setup("fit")
     assert (tmp_path / "trainer_root" / "data_exclusions.json").is_file()
     assert (tmp_path / "trainer_root" / "label_noise.csv").is_file()
+    assert dm.train_set.bad_image_log == str(tmp_path / "trainer_root" / "bad_images.txt")  # load-time skips too
 
 
 def test_uint8_batches_match_the_cpu_pipeline(casia: Path, tmp_path: Path) -> None:
@@ -218,12 +228,43 @@ def test_uint8_batches_refuse_to_change_the_augmentation(casia: Path, tmp_path: 
             casia,
             tmp_path,
             uint8_batches=True,
-            train_transform=A.Compose([A.RandomBrightnessContrast(), A.Normalize(), ToTensorV2()]),
+            train_transform=A.Compose([A.RandomBrightnessContrast(), A.Normalize(mean=[0.5] * 3, std=[0.5] * 3)]),
         )
     with pytest.raises(ValueError, match="flip_p=0.2"):
         make(casia, tmp_path, uint8_batches=True, gpu_augment=GpuAugment(flip_p=0.2))
     with pytest.raises(ValueError, match="normalised alike"):
         make(casia, tmp_path, uint8_batches=True, gpu_augment={"mean": [0.4] * 3}, train_transform=None)
+
+
+def test_every_normalisation_must_equal_the_declared_one(casia: Path, tmp_path: Path) -> None:
+    imagenet = A.Compose([A.Normalize(), ToTensorV2()])  # albumentations' default: ImageNet mean/std
+    with pytest.raises(ValueError, match=r"data.train_transform normalises with mean=\[0.485.*data.eval_transform"):
+        make(casia, tmp_path, train_transform=imagenet)
+    declared = {"mean": [0.5] * 3, "std": [0.5] * 3}
+    with pytest.raises(ValueError, match=r"data.eval_transform normalises with mean=\[0.485.*data.normalize"):
+        make(casia, tmp_path, eval_transform=imagenet, normalize=declared)
+    with pytest.raises(ValueError, match=r"data.gpu_augment normalises .*data.normalize with mean=\[0.5"):
+        make(
+            casia,
+            tmp_path,
+            uint8_batches=True,
+            train_transform=None,
+            gpu_augment={"mean": [0.4] * 3},
+            normalize=declared,
+        )
+    make(casia, tmp_path, normalize=declared)  # agreeing transforms are accepted
+
+
+def test_the_config_declares_normalisation_once(compose_cfg) -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg("data.normalize.mean=[0.25,0.5,0.75]", "data.uint8_batches=true", "data.train_transform=null")
+    data = instantiate(cfg.data, source=None)
+    mean = (0.25, 0.5, 0.75)
+    assert find_normalize(data.eval_transform)[0] == mean and data.gpu_augment.mean == mean
+    cfg = compose_cfg("data.normalize.std=[0.25,0.25,0.25]")
+    data = instantiate(cfg.data, source=None)
+    assert find_normalize(data.train_transform)[1] == find_normalize(data.eval_transform)[1] == (0.25,) * 3
 
 
 class TinyModule(pl.LightningModule):
@@ -254,7 +295,7 @@ def test_lightning_applies_the_datamodule_hook(casia: Path, tmp_path: Path) -> N
     assert model.seen == [torch.float32, torch.float32]
 
 
-class FakePack(Dataset):
+class FakePack(FaceDataset):
     """A stand-in for RecordIOFaces: labels, num_classes, optional classes, images via to_tensor."""
 
     def __init__(self, transform=None, names: bool = True) -> None:
@@ -278,9 +319,9 @@ def test_plugin_dataset_with_exclusion_and_noise(tmp_path: Path) -> None:
         exclude_identities="sphereface3", label_noise={"kind": "outlier", "rate": 0.2, "seed": 0},
         uint8_batches=True, train_transform=None,
     )  # fmt: skip
-    assert dm.num_classes == 2 and dm.num_images == 10
     dm.setup("fit")
-    assert isinstance(dm.train_set, IndexedDataset)
+    assert dm.num_classes == 2 and dm.num_images == 10
+    assert isinstance(dm.train_set, IndexedDataset) and dm.train_set.num_classes == 2
     image, label = dm.train_set[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 8, 8)
     kept = {int(dm.train_set[i][0][0, 0, 0]) for i in range(10)}
@@ -299,14 +340,15 @@ def test_plugin_dataset_untouched_and_without_names(tmp_path: Path) -> None:
         exclude_identities="lfw16",
     )  # fmt: skip
     with pytest.raises(ValueError, match="needs identity names"):
-        unnamed.num_classes  # noqa: B018
+        unnamed.setup("fit")
     with pytest.raises(ValueError, match="on_bad_image=skip applies to image-file datasets"):
         FaceDataModule(str(tmp_path), dataset=FakePack, on_bad_image="skip")
 
 
 def test_configs_compose_and_build(compose_cfg, casia: Path) -> None:
-    cfg = compose_cfg("data=casia_webface", f"data.train_root={casia}", "data.num_workers=0")
+    cfg = compose_cfg("data=casia_webface", f"data.train_root={casia}", "data.num_workers=0", "data.batch_size=2")
     dm = instantiate(cfg.data)
+    dm.setup("fit")
     assert dm.exclusion_list.spec == "sphereface3" and dm.num_classes == 3
     assert Path(cfg.data.output_dir) == Path(cfg.paths.output_dir)
     assert (Path(cfg.paths.output_dir) / "data_exclusions.json").is_file()
@@ -336,8 +378,8 @@ def test_insightface_rec_config_through_the_seam(compose_cfg, casia: Path, tmp_p
     folders_to_recordio(casia, pack, show_progress=False)
     overrides = ["data=insightface_rec", f"data.train_root={pack}", "data.num_workers=0", "data.batch_size=4"]
     dm = instantiate(compose_cfg(*overrides, "data.uint8_batches=true", "data.worker_buffers=3").data)
-    assert dm.num_classes == 5 and dm.num_images == 16
     dm.setup("fit")
+    assert dm.num_classes == 5 and dm.num_images == 16
     assert dm.train_set.fetches_batches and dm.train_set.worker_buffers == 3  # data.worker_buffers reaches the pack
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 24, 24)
@@ -348,9 +390,9 @@ def test_insightface_rec_config_through_the_seam(compose_cfg, casia: Path, tmp_p
 
 
 class PerSampleImages(LabelledImages):
-    """LabelledImages without the batched fetch: the DataLoader calls ``__getitem__`` per sample."""
+    """LabelledImages without the batched fetch: each sample through ``__getitem__``, then ``default_collate``."""
 
-    __getitems__ = None
+    fetches_batches = False
 
 
 def test_uint8_train_loader_fetches_whole_batches_like_the_per_sample_path(casia: Path, tmp_path: Path) -> None:
@@ -426,3 +468,51 @@ def test_outlier_images_are_one_application_of_the_noise(casia: Path, tmp_path: 
     assert np.array_equal(dm.train_set.labels, clean.train_set.labels)
     victims = {int(r["index"]) for r in rows}
     assert victims & {int(r["donor_index"]) for r in rows}  # the case where a second swap would show
+
+
+class CountingSource:
+    """A ``source`` that counts how often it is asked to make the data."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def ensure(self) -> None:
+        self.calls += 1
+
+
+def test_the_pipeline_runs_once_from_setup_not_from_a_property(casia: Path, tmp_path: Path) -> None:
+    source = CountingSource()
+    dm = make(casia, tmp_path, source=source)
+    for name in ("num_classes", "num_images", "classes", "noise_record", "bad_images"):
+        with pytest.raises(RuntimeError, match=rf"FaceDataModule\.{name} .*datamodule\.setup\('fit'\)"):
+            getattr(dm, name)
+    assert source.calls == 0 and not (tmp_path / "run").exists()  # reading a property did no work
+    dm.setup("fit")
+    first = dm.train_set
+    dm.setup("fit")  # what Lightning's fit does after the task's explicit call
+    assert source.calls == 1 and dm.train_set is first and dm.num_classes == 5
+
+
+def test_a_dataset_outside_the_interface_is_refused(tmp_path: Path) -> None:
+    dm = FaceDataModule(str(tmp_path), batch_size=2, num_workers=0, dataset=lambda transform: [(0, 0)] * 4)
+    with pytest.raises(TypeError, match=r"data\.dataset built a list, not a facetrain\.data\.dataset\.FaceDataset"):
+        dm.setup("fit")
+
+
+def test_identity_folders_and_recordio_declare_one_interface(casia: Path, tmp_path: Path) -> None:
+    from facetrain.data.convert import folders_to_recordio
+    from facetrain.data.recordio import RecordIOFaces
+
+    folders = IdentityFolders(casia)
+    folders_to_recordio(casia, tmp_path / "pack", show_progress=False)
+    pack = RecordIOFaces(tmp_path / "pack")
+    assert folders.num_classes == pack.num_classes == 5 and np.array_equal(folders.labels, pack.labels)
+    assert folders.classes == sorted(IDENTITIES) and pack.classes is None  # packs store numeric labels only
+    assert folders.describe(0) == str(casia / "0000045" / "001.jpg") and "record key" in pack.describe(0)
+    assert folders.find_bad(np.arange(16), "header") == [] and pack.find_bad(np.arange(16), "header") is None
+    assert not folders.seeds_samples and IdentityFolders(casia, normalize()).seeds_samples
+    view = folders.select(np.asarray([3, 0]), np.asarray([1, 0]), ["a", "b"])
+    assert isinstance(view, LabelledImages) and view.num_classes == 2 and list(view.paths) == [
+        folders.paths[3], folders.paths[0]
+    ]  # fmt: skip
+    assert isinstance(pack.select(np.asarray([3, 0]), np.asarray([1, 0]), None), IndexedDataset)

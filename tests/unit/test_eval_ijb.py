@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from facetrain.callbacks.eval_sets import IjbEvaluation
+from facetrain.data.decode import read_rgb
 from facetrain.data.ijb import aligned_face, read_ijb
-from facetrain.data.images import read_rgb
-from facetrain.data.synthetic_ijb import SyntheticIjbc, SyntheticTinyFace
+from facetrain.data.synthetic.ijb import SyntheticIjbc
+from facetrain.data.synthetic.tinyface import SyntheticTinyFace
 from facetrain.data.tinyface import read_tinyface
 from facetrain.data.world import check_datasets
-from facetrain.evaluation.callbacks import IjbEvaluation
 from facetrain.evaluation.embed import DecodedImages, fuse_flip
 from facetrain.evaluation.ijb import template_features, verification
 from facetrain.evaluation.ijb_search import identification
@@ -125,7 +126,7 @@ def test_bad_landmark_line_stops_the_evaluation_before_embedding(ijbc_root: Path
     lines[2] = " ".join(lines[2].split()[:-2])  # one landmark value and the score lost
     landmarks.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=rf"{landmarks}:3: expected an image name, 10 landmark values"):
-        IjbEvaluation("ijbc", str(root), fars=(0.1,))  # loads the set in the constructor, before any model exists
+        IjbEvaluation("ijbc", root=str(root), fars=(0.1,))  # loads the set in the constructor, before any model exists
 
 
 def test_tinyface_set_rows_labels_and_resize(tinyface_root: Path) -> None:

@@ -55,12 +55,16 @@ def test_protocols_refuse_the_wrong_set_and_bad_options() -> None:
         VideoPairProtocol(name="x")(EMB, PAIRS)
     with pytest.raises(TypeError, match="OpenSetProtocol needs a IdentificationSet"):
         OpenSetProtocol()(EMB, PAIRS)
-    with pytest.raises(ValueError, match=r"eval\.x\.fars must be false-accept rates"):
+    with pytest.raises(ValueError, match=r"eval\.x\.fars=\[0\.0\] is invalid: .* each item a number in \(0, 1\]"):
         PairProtocol(fars=[0.0], name="x")
-    with pytest.raises(ValueError, match=r"eval\.x\.aggregate must be one of"):
+    with pytest.raises(ValueError, match=r"eval\.x\.aggregate='max' is invalid: it must be one of 'mean_embedding', "):
         VideoPairProtocol(aggregate="max", name="x")
-    with pytest.raises(ValueError, match=r"eval\.x\.rank must be a positive integer"):
+    with pytest.raises(ValueError, match=r"eval\.x\.rank=0 is invalid: it must be an integer >= 1"):
         OpenSetProtocol(rank=0, name="x")
+    with pytest.raises(ValueError, match=r"eval\.x\.ver_far=0 is invalid: it must be a number in \(0, 1\] or null"):
+        OpenSetProtocol(ver_far=0, name="x")
+    with pytest.raises(ValueError, match=r"eval\.x\.score='dot' is invalid: it must be one of 'cosine', 'l2'"):
+        PairProtocol(score="dot", name="x")
 
 
 def _video_set(first_k: int | None = None) -> VideoPairSet:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from facetrain.losses import CosineHead
 from facetrain.tasks.train import train
-from facetrain.utils.schema import Constraint, Interval, validate_config
+from facetrain.utils.schema import Constraint, Interval, check_args, validate_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # The smallest synthetic set the generator accepts, 32x32 faces: the run checks the wiring, not the learning.
@@ -47,7 +47,7 @@ TINY = [
 class ShiftHead(CosineHead):
     """Example head: target logit s·(cos θ_y − shift), i.e. CosFace written from scratch."""
 
-    #: Valid values, checked per config key before the data is read.
+    #: Valid values, checked per config key before the data is read and by the constructor.
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
         "shift": Interval(0.0, 1.0),
@@ -56,6 +56,7 @@ class ShiftHead(CosineHead):
     def __init__(
         self, embedding_size: int, num_classes: int, scale: float = 30.0, shift: float = 0.2, nan_check: bool = True
     ) -> None:
+        check_args(self, locals())  # the same declaration, on the Python API: "ShiftHead.shift=1.5 is invalid: ..."
         super().__init__(embedding_size, num_classes, scale, nan_check)
         self.shift = float(shift)
 
@@ -102,6 +103,8 @@ def compose_with_head(tmp_path: Path):  # noqa: ANN201
 def test_a_head_defined_outside_the_package_is_validated_and_trains(compose_with_head) -> None:  # noqa: ANN001
     with pytest.raises(ValueError, match=r"loss\.shift=1\.5 is invalid.*\[0, 1\]"):
         validate_config(compose_with_head("loss=shift", "loss.shift=1.5"))
+    with pytest.raises(ValueError, match=r"ShiftHead\.shift=1\.5 is invalid.*\[0, 1\]"):
+        ShiftHead(16, 4, shift=1.5)
     with pytest.raises(ValueError, match=r"loss\.shfit"):  # an unknown key is refused too, naming it
         validate_config(compose_with_head("loss=shift", "+loss.shfit=0.1"))
 

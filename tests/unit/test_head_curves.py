@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from facetrain.evaluation.head_curves import BoundedSample, HeadCurves, target_logit_curve
+from facetrain.callbacks.head_curves import BoundedSample, HeadCurves, target_logit_curve
 from facetrain.losses import AdaptiveC, ArcFaceHead, CamSoftmaxHead, FixedC, LinearC, SoftmaxHead, SphereFaceHead
 from facetrain.models.module import FaceRecognitionModule
 

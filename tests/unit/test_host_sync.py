@@ -13,9 +13,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import facetrain.losses as heads
+from facetrain.callbacks.host_reads import HostReadsPerStep
 from facetrain.models.module import FaceRecognitionModule
 from facetrain.tasks.train import train
-from facetrain.training.host_sync import HostReadCounter, HostReadsPerStep
+from facetrain.training.host_sync import HostReadCounter
 from tests.conftest import bare_cpu_trainer
 
 HEADS = sorted(n for n in heads.__all__ if n.endswith("Head") and n not in ("FaceHead", "CosineHead"))
@@ -112,7 +113,7 @@ def test_train_py_run_reads_the_device_only_at_logging_steps(compose_cfg, uint8_
         "eval=[lfw]",
     )
     with open_dict(cfg):  # the counter first, so that the epoch-end work lies outside every step's window
-        cfg.callbacks = {"reads": {"_target_": "facetrain.training.host_sync.HostReadsPerStep"}, **cfg.callbacks}
+        cfg.callbacks = {"reads": {"_target_": "facetrain.callbacks.host_reads.HostReadsPerStep"}, **cfg.callbacks}
     built: list[HostReadsPerStep] = []
     original = HostReadsPerStep.__init__
 

@@ -10,8 +10,8 @@ import pytest
 
 from facetrain.data import ijb as ijb_data
 from facetrain.data.align import align_face
+from facetrain.data.decode import read_rgb
 from facetrain.data.ijb import aligned_face, aligned_faces, read_ijb, read_pair_file, read_subject_csv
-from facetrain.data.images import read_rgb
 
 # Five landmarks (x, y) in a 150×150 loose crop: roughly a frontal face.
 LANDMARKS = np.array([[55.0, 65.0], [95.0, 64.0], [75.0, 88.0], [60.0, 110.0], [92.0, 109.0]])

@@ -50,14 +50,14 @@ TABLE: dict[str, Any] = {
 
 EVAL: dict[str, Any] = {
     "lfw": {
-        "_target_": "facetrain.evaluation.callbacks.PairVerification",
+        "_target_": "facetrain.callbacks.eval_sets.PairVerification",
         "root": "${synthetic.root}/lfw",
         "pairs_file": "${synthetic.root}/pairs.txt",
         "flip": "none",
         "batch_size": 128,
         "dirpath": "${paths.output_dir}",
     },
-    "openset": {"_target_": "facetrain.evaluation.callbacks.OpenSetIdentification", "trials": 10},
+    "openset": {"_target_": "facetrain.callbacks.eval_sets.OpenSetIdentification", "trials": 10},
 }
 
 

@@ -1,4 +1,5 @@
-"""FaceRecognitionModule: angle statistics of a batch and the non-finite loss check."""
+"""FaceRecognitionModule: angle statistics of a batch (training/angles.py), the non-finite loss check and the RNG
+states in its checkpoints (training/rng.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from facetrain.losses import ArcFaceHead
-from facetrain.models.module import (
-    FaceRecognitionModule,
-    angle_stats,
-    rng_state,
-    set_rng_state,
-    target_and_nearest_cosines,
-)
+from facetrain.models.embedding import EmbeddingModel
+from facetrain.models.module import FaceRecognitionModule
+from facetrain.training.angles import angle_stats, target_and_nearest_cosines
 from facetrain.training.checkpoint import SafeCheckpointIO
+from facetrain.training.rng import RNG_KEY, rng_state, set_rng_state
 from tests.conftest import bare_cpu_trainer
 
 EMBED, CLASSES = 8, 4
@@ -286,9 +284,9 @@ def test_rng_state_round_trip_replays_torch_numpy_and_python_draws(tmp_path: Pat
     set_rng_state(state)
     assert _draws() == first
     # Through a checkpoint file, loaded weights-only as every resume does: still the same draws.
-    SafeCheckpointIO().save_checkpoint({"facetrain_rng": state}, tmp_path / "rng.ckpt")
+    SafeCheckpointIO().save_checkpoint({RNG_KEY: state}, tmp_path / "rng.ckpt")
     _draws()  # move every generator on, so that only a real restore gives ``first`` again
-    set_rng_state(SafeCheckpointIO().load_checkpoint(tmp_path / "rng.ckpt")["facetrain_rng"])
+    set_rng_state(SafeCheckpointIO().load_checkpoint(tmp_path / "rng.ckpt")[RNG_KEY])
     assert _draws() == first
 
 
@@ -300,3 +298,14 @@ def test_checkpoint_hooks_restore_the_global_rng_on_load() -> None:
     _draws()  # the killed run went on drawing; a resumed process starts from an unrelated state
     module.on_load_checkpoint(checkpoint)
     assert _draws() == after_save
+
+
+def test_training_and_evaluate_py_embed_through_one_path() -> None:
+    """The training module (its steps and the evaluation callbacks) and ``EmbeddingModel`` (what evaluate.py rebuilds
+    from a checkpoint, without the head) give the same raw embeddings of the same backbone."""
+    module = _module().eval()
+    images = torch.randn(3, EMBED, generator=torch.Generator().manual_seed(0))
+    standalone = EmbeddingModel(module.backbone).eval()
+    torch.testing.assert_close(standalone.embed(images), module.embed(images))
+    torch.testing.assert_close(module(images), torch.nn.functional.normalize(standalone.embed(images), dim=1))
+    assert standalone.device == torch.device("cpu")

@@ -124,7 +124,7 @@ def test_rate_zero_and_kind_none_are_the_identity() -> None:
 
 @pytest.mark.parametrize("rate", [0.61, -0.1, 1.0, float("nan")])
 def test_rate_out_of_range_names_the_key_and_range(rate: float) -> None:
-    with pytest.raises(ValueError, match=r"data\.label_noise\.rate .*\[0, 0\.6\]"):
+    with pytest.raises(ValueError, match=r"data\.label_noise\.rate=.* is invalid: it must be a number in \[0, 0\.6\]"):
         LabelNoiseConfig("symmetric", rate)
 
 

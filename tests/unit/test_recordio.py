@@ -15,9 +15,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from facetrain.data.batches import CollatedBatch, collate_batch
 from facetrain.data.convert import folders_to_recordio, recordio_to_folders
-from facetrain.data.images import CollatedBatch, Uint8CHW, collate_batch
 from facetrain.data.recordio import RecordIOError, RecordIOFaces, encode_record, write_recordio
+from facetrain.data.transforms import Uint8CHW
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)

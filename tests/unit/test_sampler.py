@@ -6,12 +6,13 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from facetrain.data.dataset import FaceDataset
 from facetrain.data.sampler import EpochSeeded, ResumableSampler, sample_seed
 
 
-class Indexed(Dataset):
+class Indexed(FaceDataset):
     """Returns its index (and a random number from its transform, to see the per-sample seeding)."""
 
     def __init__(self, n: int, transform: A.Compose | None = None) -> None:
@@ -162,7 +163,7 @@ def test_batches_go_to_getitems_unless_the_transform_is_seeded() -> None:
 
 
 def test_uint8_transform_with_a_random_cpu_step_is_seeded_per_sample() -> None:
-    from facetrain.data.images import Uint8CHW
+    from facetrain.data.transforms import Uint8CHW
 
     assert not hasattr(Uint8CHW(), "set_random_seed")  # nothing random on the CPU: the batched fetch is kept
     crop = A.Compose([A.RandomCrop(2, 2, p=1.0)])

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from facetrain.utils.schema import ConfigError, Interval, OneOf, check_value, validate_config
+from facetrain.classifier.sharded import ShardedClassifier
+from facetrain.data.noise import LabelNoiseConfig
+from facetrain.evaluation.protocols import OpenSetProtocol, PairProtocol, VideoPairProtocol
+from facetrain.evaluation.protocols_ijb import IjbProtocol, TinyFaceProtocol
+from facetrain.losses import AdaptiveC, ArcFaceHead, LinearC, MagFaceHead
+from facetrain.utils.schema import (
+    FARS,
+    ConfigError,
+    Constraint,
+    Each,
+    Interval,
+    OneOf,
+    check_args,
+    check_value,
+    validate_config,
+    validate_node,
+)
 from tests.conftest import CONFIGS
 
 
@@ -17,11 +34,14 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
-def _outside(constraint: Interval | OneOf) -> list[object]:
+def _outside(constraint: Constraint) -> list[object]:
     """Values just outside a constraint (each must be refused)."""
     if isinstance(constraint, OneOf):
-        return ["not-a-choice"]
-    bad: list[object] = ["text"]
+        return ["not-a-choice"] + ([1] if True in constraint.choices else [])
+    if isinstance(constraint, Each):
+        bad_items = [[v] for v in _outside(constraint.rule) if v is not None and not isinstance(v, str)]
+        return ["text", 0.5, *bad_items] + ([[]] if constraint.min_len else [])
+    bad: list[object] = ["text", math.inf, math.nan]
     if not constraint.allow_none:
         bad.append(None)
     if math.isfinite(constraint.low):
@@ -29,7 +49,7 @@ def _outside(constraint: Interval | OneOf) -> list[object]:
     if math.isfinite(constraint.high):
         bad.append(constraint.high if constraint.high_open else constraint.high + 0.5)
     if constraint.integer:
-        bad.append(max(constraint.low, 0) + 1.5)
+        bad += [max(constraint.low, 0) + 1.5, float(max(constraint.low, 0) + 1)]  # 2.0 is not an integer count
     return bad
 
 
@@ -42,7 +62,7 @@ def test_interval_bounds_and_messages() -> None:
     assert 0.0 not in c and 1.6 not in c and float("nan") not in c and True not in c and "1" not in c
     assert str(c) == "a number in (0, pi/2] (pi = 3.141593)"
     assert str(Interval(1, integer=True)) == "an integer >= 1"
-    assert 2 in Interval(1, integer=True) and 2.0 in Interval(1, integer=True) and 2.5 not in Interval(1, integer=True)
+    assert 2 in Interval(1, integer=True) and 2.5 not in Interval(1, integer=True)
     assert None in Interval(0.0, allow_none=True)
     with pytest.raises(ConfigError, match=r"loss\.c_policy\.c=2 is invalid: it must be a number in \(0, pi/2\]"):
         check_value("loss.c_policy.c", 2, c)
@@ -54,6 +74,47 @@ def test_one_of_is_type_strict() -> None:
     assert True not in OneOf((1, 2))  # True == 1 in Python; a bool is not an enum value here
     with pytest.raises(ConfigError, match="data.on_bad_image='drop' is invalid: it must be one of 'error', 'skip'"):
         check_value("data.on_bad_image", "drop", choices)
+
+
+def test_interval_refuses_infinities_and_non_integer_counts() -> None:
+    assert math.inf not in Interval(0.0) and -math.inf not in Interval() and 1e308 in Interval()
+    assert 2.0 not in Interval(1, integer=True) and 2 in Interval(1, integer=True)
+    assert str(Interval(0.0, 1.0, low_open=True, allow_none=True)) == "a number in (0, 1] or null"
+
+
+def test_each_checks_every_item_of_a_list() -> None:
+    assert [1e-6, 1.0] in FARS and (0.5,) in FARS and [] in FARS
+    assert [0.0] not in FARS and [0.5, 1.5] not in FARS and 0.5 not in FARS and "0.5" not in FARS
+    ranks = Each(Interval(1, integer=True), min_len=1)
+    assert [] not in ranks and [1, 5] in ranks and [1.5] not in ranks
+    assert str(FARS) == "a list, each item a number in (0, 1]"
+    assert str(ranks) == "a non-empty list, each item an integer >= 1"
+    with pytest.raises(ConfigError, match=r"eval\.lfw\.fars=\[0\.5, 2\] is invalid: it must be a list, each item"):
+        check_value("eval.lfw.fars", [0.5, 2], FARS)
+
+
+class _Declared:
+    config_constraints = {"margin": Interval(0.0, 1.0), "k": Interval(1, integer=True)}
+
+    @classmethod
+    def check_config(cls, values: dict[str, object]) -> str | None:
+        return "k=3 is unlucky" if values.get("k") == 3 else None
+
+    def __init__(self, margin: float = 0.5, k: int = 1, note: str = "not a rule") -> None:
+        check_args(self, locals())
+
+
+def test_check_args_enforces_the_declaration_and_the_relation() -> None:
+    _Declared()
+    with pytest.raises(ConfigError, match=r"^_Declared\.margin=2 is invalid: it must be a number in \[0, 1\]$"):
+        _Declared(margin=2)
+    with pytest.raises(ConfigError, match=r"^ham\.k=0 is invalid: it must be an integer >= 1$"):
+        check_args(_Declared, {"k": 0, "note": 5}, prefix="ham")  # keys without a rule are not checked
+    with pytest.raises(ConfigError, match=r"^_Declared: k=3 is unlucky$"):
+        _Declared(k=3)
+    # A dataclass passes its fields (values=None).
+    with pytest.raises(ConfigError, match=r"^data\.label_noise\.seed=-1 is invalid: it must be an integer >= 0$"):
+        LabelNoiseConfig("symmetric", 0.1, -1)
 
 
 # --- the shipped configs -------------------------------------------------------------------------------------------
@@ -122,9 +183,9 @@ def _constrained_keys() -> list[tuple[str, str, str]]:
 @pytest.mark.parametrize(("option", "key", "target"), _constrained_keys())
 def test_out_of_range_loss_value_names_key_and_range(compose_cfg, option: str, key: str, target: str) -> None:
     constraint = get_object(target).config_constraints[key]
+    cfg = compose_cfg(f"loss={option}")
     for value in _outside(constraint):
-        text = "null" if value is None else repr(value) if isinstance(value, str) else str(value)
-        cfg = compose_cfg(f"loss={option}", f"loss.{key}={text}")
+        cfg.loss[key] = value  # as the override loss.<key>=<value> would set it (composing once keeps this fast)
         with pytest.raises(ConfigError) as info:
             validate_config(cfg)
         assert f"loss.{key}=" in str(info.value) and str(constraint) in str(info.value)
@@ -173,25 +234,108 @@ def test_bad_values_and_keys(compose_cfg, overrides: list[str], message: str) ->
         validate_config(compose_cfg(*overrides))
 
 
-# --- constructors and declared constraints agree -------------------------------------------------------------------
+# --- one declaration, two enforcers: the config and the constructor refuse the same values with the same text -------
 
 
-@pytest.mark.parametrize("option", _options("loss"))
-def test_head_constructors_refuse_what_the_schema_refuses(compose_cfg, option: str) -> None:
-    """The schema is checked at config time, the constructors on the Python API: they must agree."""
-    cfg = compose_cfg(f"loss={option}")
-    node = OmegaConf.to_container(cfg.loss, resolve=True)
-    target = get_object(node.pop("_target_"))
-    node.pop("_partial_", None)
-    kwargs = {k: v for k, v in node.items() if not isinstance(v, dict)}
-    target(embedding_size=8, num_classes=4, **kwargs)  # defaults are valid
-    for key, constraint in target.config_constraints.items():
-        for value in _outside(constraint):
-            if isinstance(value, str) or value is None and key in ("embedding_size", "num_classes"):
-                continue  # type errors of the Python API are not range checks
-            args = {"embedding_size": 8, "num_classes": 4, **kwargs, key: value}
-            try:
-                target(**args)
-            except (ValueError, TypeError):
-                continue
-            pytest.fail(f"{target.__name__}({key}={value!r}) was accepted")
+def _declared() -> list[tuple[str, type, dict[str, object]]]:
+    """(config key, class, valid keyword arguments) of every class whose constructor enforces declared rules."""
+    out: list[tuple[str, type, dict[str, object]]] = []
+    for group in ("loss", "loss/c_policy"):
+        for option in _options(group):
+            node = OmegaConf.to_container(OmegaConf.load(CONFIGS / group / f"{option}.yaml"), resolve=False)
+            target = get_object(node["_target_"])
+            kwargs = {  # interpolations (${oc.select:...}) resolve only in the composed config: defaults then
+                k: v
+                for k, v in node.items()
+                if not k.startswith("_") and k != "defaults" and not (isinstance(v, str) and "${" in v)
+            }
+            if group == "loss":
+                kwargs = {"embedding_size": 8, "num_classes": 4, **kwargs}
+            out.append((group.replace("/", "."), target, kwargs))
+    out += [
+        ("eval.x", PairProtocol, {"name": "x"}),
+        ("eval.x", VideoPairProtocol, {"name": "x"}),
+        ("eval.x", OpenSetProtocol, {"name": "x"}),
+        ("eval.x", IjbProtocol, {"name": "x"}),
+        ("eval.x", TinyFaceProtocol, {"name": "x"}),
+        ("data.label_noise", LabelNoiseConfig, {"kind": "symmetric", "rate": 0.1}),
+        ("classifier", ShardedClassifier, {"head": partial(ArcFaceHead), "embedding_size": 8, "num_classes": 4}),
+    ]
+    return out
+
+
+def _rule_cases() -> list[object]:
+    return [
+        pytest.param(key, target, kwargs, name, value, id=f"{target.__name__}.{name}={value!r}")
+        for key, target, kwargs in _declared()
+        for name, rule in target.config_constraints.items()
+        for value in _outside(rule)
+    ]
+
+
+def _after_key(message: str, name: str) -> str:
+    """The message from ``<name>=`` on: the value and the rule text, without the config key / class prefix."""
+    assert f".{name}=" in message, message
+    return message.split(f".{name}=", 1)[1]
+
+
+@pytest.mark.parametrize(("key", "target", "kwargs", "name", "value"), _rule_cases())
+def test_config_and_constructor_refuse_the_same_value_with_the_same_rule(
+    key: str, target: type, kwargs: dict[str, object], name: str, value: object
+) -> None:
+    rule = target.config_constraints[name]
+    path = f"{target.__module__}.{target.__qualname__}"
+    node = OmegaConf.create({"_target_": path, **{k: v for k, v in kwargs.items() if k != "head"}, name: value})
+    with pytest.raises(ConfigError) as at_config:
+        validate_node(node, key)
+    with pytest.raises(ConfigError) as at_construction:
+        target(**{**kwargs, name: value})
+    assert str(at_config.value).startswith(f"{key}.{name}=")
+    assert f"is invalid: it must be {rule}" in str(at_config.value)
+    assert _after_key(str(at_construction.value), name) == _after_key(str(at_config.value), name)
+
+
+@pytest.mark.parametrize(("key", "target", "kwargs"), [pytest.param(*d, id=d[1].__name__) for d in _declared()])
+def test_declared_defaults_build_and_validate(key: str, target: type, kwargs: dict[str, object]) -> None:
+    target(**kwargs)  # the shipped / documented values pass both enforcers
+    path = f"{target.__module__}.{target.__qualname__}"
+    validate_node(OmegaConf.create({"_target_": path, **{k: v for k, v in kwargs.items() if k != "head"}}), key)
+
+
+@pytest.mark.parametrize(
+    ("key", "target", "kwargs", "relation"),
+    [
+        ("loss", MagFaceHead, {"embedding_size": 8, "num_classes": 4, "l_m": 0.9, "u_m": 0.8}, "l_m=0.9 must be <"),
+        ("loss", MagFaceHead, {"embedding_size": 8, "num_classes": 4, "l_a": 10, "u_a": 10}, "l_a=10 must be <"),
+        ("loss.c_policy", LinearC, {"start": 1.0, "stop": 1.2}, "stop=1.2 must be <= start=1.0"),
+        ("loss.c_policy", AdaptiveC, {"start": 1.0, "c_min": 1.2}, "c_min=1.2 must be <= start=1.0"),
+    ],
+)
+def test_relations_are_refused_by_both_with_the_same_text(
+    key: str, target: type, kwargs: dict[str, object], relation: str
+) -> None:
+    path = f"{target.__module__}.{target.__qualname__}"
+    with pytest.raises(ConfigError) as at_config:
+        validate_node(OmegaConf.create({"_target_": path, **kwargs}), key)
+    with pytest.raises(ConfigError) as at_construction:
+        target(**kwargs)
+    assert str(at_config.value) == f"{key}: {str(at_config.value).split(': ', 1)[1]}"
+    assert relation in str(at_config.value)
+    assert str(at_construction.value).split(": ", 1)[1] == str(at_config.value).split(": ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["eval=[lfw]", "eval.lfw.fars=[0.5,0.0]"],
+            r"eval\.lfw\.fars=\[0\.5, 0\.0\] is invalid: it must be a list, each",
+        ),
+        (["eval=[ijbc]", "eval.ijbc.fpirs=[2]"], r"eval\.ijbc\.fpirs=\[2\] is invalid: .* in \(0, 1\]"),
+        (["eval=[openset]", "eval.openset.ver_far=0"], r"eval\.openset\.ver_far=0 is invalid: .* \(0, 1\] or null"),
+    ],
+)
+def test_protocol_rules_are_checked_at_config_time(compose_cfg, overrides: list[str], message: str) -> None:
+    """The eval entries carry their protocol's declaration, so a bad FAR list is refused before any file is read."""
+    with pytest.raises(ConfigError, match=message):
+        validate_config(compose_cfg(*overrides))

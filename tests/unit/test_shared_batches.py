@@ -16,8 +16,10 @@ import torch.multiprocessing as tmp
 from torch.utils.data import DataLoader
 
 from facetrain.data import shared_batches
-from facetrain.data.images import LabelledImages, Uint8CHW, collate_batch
+from facetrain.data.batches import collate_batch
+from facetrain.data.image_files import LabelledImages
 from facetrain.data.shared_batches import BufferPool, TrackedBatch
+from facetrain.data.transforms import Uint8CHW
 
 COUNT, BATCH, SIZE = 96, 8, 8
 

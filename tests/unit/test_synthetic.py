@@ -16,11 +16,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hydra.utils import get_object
+from omegaconf import OmegaConf
 from PIL import Image
 
-from facetrain.data import synthetic
 from facetrain.data.protocols import check_images_exist, read_lfw_pairs, read_ytf_splits
 from facetrain.data.synthetic import SyntheticFaces
+from facetrain.data.synthetic.pairs import pair_capacity_problem
+from facetrain.data.synthetic.pool import run_jobs
+from facetrain.data.synthetic.seeds import KIND_LFW, KIND_TRAIN, KIND_YTF, STREAM_IDENTITY, keyed_rng
+from facetrain.data.synthetic.store import stale_reason
+from facetrain.data.synthetic.traits import sample_identity
+from facetrain.utils.schema import ConfigError, validate_config
 
 SMALL = {
     "num_train_ids": 3,
@@ -143,16 +150,13 @@ def test_identities_disjoint(small: SyntheticFaces) -> None:
     assert not set(small.lfw_names()) & set(small.ytf_names())
     # The people themselves (trait vectors), not just their names, must differ between the three sets.
     traits = {
-        kind: {
-            synthetic._sample_identity(synthetic._rng(small.seed, synthetic._STREAM_IDENTITY, kind, i))
-            for i in range(n)
-        }
-        for kind, n in ((synthetic._KIND_TRAIN, 3), (synthetic._KIND_LFW, 30), (synthetic._KIND_YTF, 20))
+        kind: {sample_identity(keyed_rng(small.seed, STREAM_IDENTITY, kind, i)) for i in range(n)}
+        for kind, n in ((KIND_TRAIN, 3), (KIND_LFW, 30), (KIND_YTF, 20))
     }
-    assert len(traits[synthetic._KIND_LFW]) == 30
-    assert not traits[synthetic._KIND_TRAIN] & traits[synthetic._KIND_LFW]
-    assert not traits[synthetic._KIND_TRAIN] & traits[synthetic._KIND_YTF]
-    assert not traits[synthetic._KIND_LFW] & traits[synthetic._KIND_YTF]
+    assert len(traits[KIND_LFW]) == 30
+    assert not traits[KIND_TRAIN] & traits[KIND_LFW]
+    assert not traits[KIND_TRAIN] & traits[KIND_YTF]
+    assert not traits[KIND_LFW] & traits[KIND_YTF]
 
 
 def test_images_are_rgb_jpegs_of_the_right_size(small: SyntheticFaces) -> None:
@@ -261,14 +265,14 @@ def test_interrupted_generation_leaves_nothing(tmp_path: Path, monkeypatch: pyte
 
 
 def _ensure_and_report(root: str, counter: str) -> None:
-    original = SyntheticFaces._generate
+    original = SyntheticFaces._write
 
-    def counting(self: SyntheticFaces, manifest: dict) -> None:
+    def counting(self: SyntheticFaces, base: Path) -> int:
         with open(counter, "a") as f:
             f.write("generated\n")
-        original(self, manifest)
+        return original(self, base)
 
-    SyntheticFaces._generate = counting  # type: ignore[method-assign]
+    SyntheticFaces._write = counting  # type: ignore[method-assign]
     SyntheticFaces(root, **SMALL).ensure()
 
 
@@ -320,28 +324,87 @@ def test_pool_generation_after_opencv_used_its_threads(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value"),
+    ("name", "value", "rule"),
     [
-        ("num_train_ids", 0),
-        ("images_per_train_id", 1000),
-        ("num_lfw_ids", 19),
-        ("images_per_lfw_id", 1),
-        ("lfw_pairs_per_fold", 10),  # 3 ids x 3 images per fold give only 9 matched pairs
-        ("videos_per_ytf_id", 1),
-        ("ytf_pairs_per_split", 3),  # 2 ids x 2 videos per split give only 2 same-person video pairs
-        ("frames_per_video", 0),
-        ("image_size", 16),
-        ("jpeg_quality", 101),
-        ("workers", 0),
-        ("seed", -1),
-        ("num_train_ids", 2.5),
-        ("workers", True),
+        ("num_train_ids", 0, "an integer in [1, 1e+07]"),
+        ("images_per_train_id", 1000, "an integer in [1, 999]"),
+        ("num_lfw_ids", 19, "an integer >= 20"),
+        ("images_per_lfw_id", 1, "an integer in [2, 9999]"),
+        ("videos_per_ytf_id", 1, "an integer >= 2"),
+        ("frames_per_video", 0, "an integer >= 1"),
+        ("image_size", 16, "an integer >= 32"),
+        ("jpeg_quality", 101, "an integer in [1, 100]"),
+        ("workers", 0, "an integer >= 1"),
+        ("seed", -1, "an integer >= 0"),
+        ("num_train_ids", 2.5, "an integer in [1, 1e+07]"),
+        ("workers", True, "an integer >= 1"),
     ],
 )
-def test_bad_argument_names_it(tmp_path: Path, name: str, value: object) -> None:
-    with pytest.raises(ValueError, match=name):
+def test_bad_argument_names_its_config_key_and_range(tmp_path: Path, name: str, value: object, rule: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"synthetic.{name}={value!r} is invalid: it must be {rule}")):
         SyntheticFaces(tmp_path / "d", **{**SMALL, name: value})
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("lfw_pairs_per_fold", 10),  # 3 ids x 3 images per fold give only 9 matched pairs
+        ("ytf_pairs_per_split", 3),  # 2 ids x 2 videos per split give only 2 same-person video pairs
+    ],
+)
+def test_more_pairs_than_a_fold_holds_is_refused(tmp_path: Path, name: str, value: int) -> None:
+    with pytest.raises(ConfigError, match=re.escape(f"synthetic: {name}={value} is more than the smallest fold")):
+        SyntheticFaces(tmp_path / "d", **{**SMALL, name: value})
+    SyntheticFaces(tmp_path / "d", **{**SMALL, name: value - 1})  # the largest that fits is accepted
+
+
+def test_pair_capacity_known_answers() -> None:
+    # 3 identities x 3 images: 3 * C(3, 2) = 9 same-identity and C(3, 2) * 3 * 3 = 27 different-identity pairs.
+    assert pair_capacity_problem("p", 9, 3, 3) is None
+    assert pair_capacity_problem("p", 10, 3, 3) == (
+        "p=10 is more than the smallest fold can supply (3 identities x 3 items give 9 same-identity and 27 "
+        "different-identity pairs); lower it or add identities/items"
+    )
+    # 2 identities x 5 images: 20 same-identity pairs but only 1 * 5 * 5 = 25 different ones; 4 x 2: 4 and 24.
+    assert pair_capacity_problem("p", 20, 2, 5) is None and pair_capacity_problem("p", 5, 4, 2) is not None
+
+
+def test_the_config_is_refused_with_the_same_message_before_anything_is_built(compose_cfg, tmp_path: Path) -> None:
+    """The constructor's rules are the ones validate_config enforces on synthetic.* (key, range and value)."""
+    cases = {
+        "++synthetic.image_size=16": "synthetic.image_size=16 is invalid: it must be an integer >= 32",
+        "++synthetic.lfw_pairs_per_fold=1000": "synthetic: lfw_pairs_per_fold=1000 is more than the smallest fold",
+        "synthetic.ijbc.crop_size=100": "synthetic.ijbc.crop_size=100 is invalid: it must be an integer in [128, 1024]",
+        "synthetic.tinyface.max_size=10": "synthetic.tinyface: max_size=10 must be >= min_size=16",
+    }
+    for override, message in cases.items():
+        cfg = compose_cfg(override)
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            validate_config(cfg)
+        node = OmegaConf.to_container(OmegaConf.select(cfg, override.strip("+").rsplit(".", 1)[0]), resolve=True)
+        with pytest.raises(ConfigError, match=re.escape(message)):  # the Python API says the same
+            get_object(node.pop("_target_"))(**node)
+    assert not (tmp_path / "data").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The manifest
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_stale_reason_names_what_changed(tmp_path: Path) -> None:
+    expected = {"format_version": 1, "generator": "g", "params": {"a": 1, "b": 2}}
+    assert stale_reason(tmp_path / "none", expected) == f"{tmp_path / 'none'} does not exist"
+    assert stale_reason(tmp_path, expected) == f"{tmp_path / 'manifest.json'} is missing"
+    (tmp_path / "manifest.json").write_text("{")
+    assert stale_reason(tmp_path, expected).startswith(f"{tmp_path / 'manifest.json'} is unreadable")
+    (tmp_path / "manifest.json").write_text(json.dumps({**expected, "format_version": 0}))
+    assert stale_reason(tmp_path, expected) == "format version changed (0 -> 1)"
+    (tmp_path / "manifest.json").write_text(json.dumps({**expected, "params": {"a": 1, "b": 3, "c": 4}}))
+    assert stale_reason(tmp_path, expected) == "parameters changed (b: 3 -> 2, c: 4 -> None)"
+    (tmp_path / "manifest.json").write_text(json.dumps(expected))
+    assert stale_reason(tmp_path, expected) is None
 
 
 def test_render_rejects_unknown_split(small: SyntheticFaces) -> None:
@@ -359,8 +422,5 @@ def _crashing_job(value: int) -> int:
     return value
 
 
-def test_a_dying_render_worker_falls_back_to_this_process_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
-    from facetrain.data import synthetic
-
-    monkeypatch.setattr(synthetic, "_run_job", _crashing_job)
-    assert synthetic._run_jobs(list(range(1, 9)), workers=2) == sum(range(1, 9))
+def test_a_dying_render_worker_falls_back_to_this_process_instead_of_hanging() -> None:
+    assert run_jobs(_crashing_job, list(range(1, 9)), workers=2) == sum(range(1, 9))

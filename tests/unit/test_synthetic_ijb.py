@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import re
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -14,23 +15,20 @@ from hydra.utils import instantiate
 
 from facetrain.data.align import align_face
 from facetrain.data.ijb import aligned_face, read_ijb
-from facetrain.data.synthetic import _STREAM_IDENTITY, _rng, _sample_identity, render_face_image
-from facetrain.data.synthetic_ijb import (
-    GALLERY_CSV_HEADER,
-    KIND_IJBC,
-    SyntheticIjbc,
-    SyntheticTinyFace,
-    _Item,
-    face_landmarks,
-    item_nuisance,
-)
+from facetrain.data.synthetic.ijb import GALLERY_CSV_HEADER, SyntheticIjbc, face_landmarks
+from facetrain.data.synthetic.jobs import Item, item_nuisance
+from facetrain.data.synthetic.render import render_face_image
+from facetrain.data.synthetic.seeds import KIND_IJBC, STREAM_IDENTITY, keyed_rng
+from facetrain.data.synthetic.tinyface import SyntheticTinyFace
+from facetrain.data.synthetic.traits import sample_identity
 from facetrain.data.tinyface import read_tinyface
+from facetrain.utils.schema import ConfigError
 
 CROP = 160
 
 
 def _identity(i: int):
-    return _sample_identity(_rng(0, _STREAM_IDENTITY, KIND_IJBC, i))
+    return sample_identity(keyed_rng(0, STREAM_IDENTITY, KIND_IJBC, i))
 
 
 def _clean(nz, **extra):
@@ -48,7 +46,7 @@ def _marked(ident, nz, trait: str, colours) -> np.ndarray:
 def test_landmarks_sit_on_the_drawn_eyes_and_lip_corners(i: int) -> None:
     """Independent of face_landmarks' projection: the iris and the lips are found by recolouring them."""
     ident = replace(_identity(i), glasses=0)
-    nz = _clean(item_nuisance(0, KIND_IJBC, i, _Item("x", 0), loose=True), gaze=0.0, eye_open=1.0, mouth_open=0.0)
+    nz = _clean(item_nuisance(0, KIND_IJBC, i, Item("x", 0), loose=True), gaze=0.0, eye_open=1.0, mouth_open=0.0)
     points = face_landmarks(ident, nz, CROP)
     diff = _marked(ident, nz, "iris", ((255.0, 0.0, 0.0), (0.0, 0.0, 255.0)))
     ys, xs = np.nonzero(diff > 30)
@@ -72,7 +70,7 @@ def test_nose_landmark_is_the_lowest_point_of_the_drawn_nose(i: int) -> None:
     eye line); the mouth is moved away and beard and mole removed, so the only non-skin pixels there are the nose."""
     ident = _identity(i)
     ident = replace(ident, glasses=0, beard=0, mole=None, mouth_y=ident.mouth_y + 0.3)
-    nz = _clean(item_nuisance(0, KIND_IJBC, i, _Item("x", 1), loose=True), pitch=0.0, gain=1.0, offset=0.0)
+    nz = _clean(item_nuisance(0, KIND_IJBC, i, Item("x", 1), loose=True), pitch=0.0, gain=1.0, offset=0.0)
     nz = replace(nz, cast=(1.0, 1.0, 1.0))
     points = face_landmarks(ident, nz, CROP)
     image = render_face_image(ident, nz, CROP).astype(int)
@@ -88,7 +86,7 @@ def test_nose_landmark_is_the_lowest_point_of_the_drawn_nose(i: int) -> None:
 def _aligned_error(i: int, media: int, offset: np.ndarray, other: int | None = None) -> float:
     """Mean absolute difference, over the inner face, of an aligned loose crop and an aligned 112 px rendering."""
     ident = _identity(i)
-    item = _Item("x", media)
+    item = Item("x", media)
     loose = _clean(item_nuisance(0, KIND_IJBC, i, item, loose=True))
     crop = render_face_image(ident, loose, CROP)
     aligned = align_face(crop, face_landmarks(ident, loose, CROP) + offset).astype(float)
@@ -186,7 +184,9 @@ def test_tinyface_layout_is_read_by_the_reader(tmp_path: Path) -> None:
 def test_a_folder_it_did_not_write_is_never_replaced(tmp_path: Path) -> None:
     (tmp_path / "tf").mkdir()
     (tmp_path / "tf" / "mine.txt").write_text("keep")
-    with pytest.raises(ValueError, match="holds no synthetic manifest.json; refusing to replace it"):
+    # Not even beside a manifest.json: only the set's own entries may be replaced.
+    (tmp_path / "tf" / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"holds files that are not a synthetic dataset \(mine.txt\); refusing"):
         SyntheticTinyFace(tmp_path / "tf", num_ids=2, num_distractors=0, workers=1).ensure()
     assert (tmp_path / "tf" / "mine.txt").read_text() == "keep"
 
@@ -194,14 +194,30 @@ def test_a_folder_it_did_not_write_is_never_replaced(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("cls", "key", "value", "message"),
     [
-        (SyntheticIjbc, "crop_size", 112, "ijbc.crop_size must be between 128 and 1024"),
-        (SyntheticIjbc, "templates_per_id", 1, "ijbc.templates_per_id must be >= 2"),
-        (SyntheticIjbc, "video_percent", 0.5, "ijbc.video_percent must be an integer"),
-        (SyntheticTinyFace, "max_size", 10, "tinyface.max_size must be between 16 and 112"),
+        (
+            SyntheticIjbc,
+            "crop_size",
+            112,
+            "synthetic.ijbc.crop_size=112 is invalid: it must be an integer in [128, 1024]",
+        ),
+        (
+            SyntheticIjbc,
+            "templates_per_id",
+            1,
+            "synthetic.ijbc.templates_per_id=1 is invalid: it must be an integer >= 2",
+        ),
+        (SyntheticIjbc, "video_percent", 0.5, "synthetic.ijbc.video_percent=0.5 is invalid: it must be an integer in"),
+        (
+            SyntheticTinyFace,
+            "max_size",
+            113,
+            "synthetic.tinyface.max_size=113 is invalid: it must be an integer in [8, 112]",
+        ),
+        (SyntheticTinyFace, "max_size", 10, "synthetic.tinyface: max_size=10 must be >= min_size=16"),
     ],
 )
 def test_bad_sizes_name_the_key(cls, key: str, value, message: str, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         cls(tmp_path / "x", **{key: value})
 
 

@@ -17,7 +17,6 @@ from facetrain.evaluation.verification import (
     equal_error_rate,
     fold_ids,
     kfold_accuracy,
-    kfold_accuracy_mean_subtracted,
     mean_subtracted_scorer,
     pair_scores,
     roc_curve_points,
@@ -205,7 +204,7 @@ def test_mean_subtraction_known_answer() -> None:
     # to (0, ±1), so the scores are +1 for same and -1 for different pairs.
     train = np.array([False, False, True, True])
     np.testing.assert_allclose(scorer(train), [1.0, -1.0, 1.0, -1.0], atol=1e-12)
-    res = kfold_accuracy_mean_subtracted(left, right, issame, n_folds=2)
+    res = kfold_accuracy(scorer, issame, n_folds=2)
     assert res["fold_accuracies"] == [1.0, 1.0]
     np.testing.assert_allclose(res["scores"], [1.0, -1.0, 1.0, -1.0], atol=1e-12)
     # Without it the raw cosines are all within 0.02 of 1 and separate less cleanly.
@@ -217,7 +216,7 @@ def test_mean_subtraction_uses_only_training_folds() -> None:
     rng = np.random.default_rng(5)
     left, right = rng.normal(size=(40, 4)) + 3.0, rng.normal(size=(40, 4)) + 3.0
     issame = rng.random(40) < 0.5
-    res = kfold_accuracy_mean_subtracted(left, right, issame, n_folds=4, score="l2")
+    res = kfold_accuracy(mean_subtracted_scorer(left, right, "l2"), issame, n_folds=4, greater_is_same=False)
     for test in np.array_split(np.arange(40), 4):
         train = np.setdiff1d(np.arange(40), test)
         mu = np.concatenate([left[train], right[train]]).mean(axis=0)
@@ -332,7 +331,7 @@ def test_identical_embeddings_are_an_error_not_half_right() -> None:
         lambda: kfold_accuracy(scores, issame),
         lambda: roc_metrics(scores, issame),
         lambda: verification_report(scores, issame),
-        lambda: kfold_accuracy_mean_subtracted(emb[:20], emb[20:], issame),
+        lambda: kfold_accuracy(mean_subtracted_scorer(emb[:20], emb[20:]), issame),
     ):
         with pytest.raises(ValueError, match="are equal"):
             call()

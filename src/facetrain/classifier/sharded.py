@@ -41,9 +41,9 @@ from facetrain.classifier.collectives import (
 from facetrain.classifier.row_update import param_group_of, sgd_rows
 from facetrain.classifier.sampling import num_sampled, rank_generator, sample_classes
 from facetrain.classifier.shards import block_range, init_rows
-from facetrain.losses.base import CosineHead, FaceHead, HeadOutput, check_int
-from facetrain.losses.functional import check_range, subcenter_max
-from facetrain.utils.schema import Constraint, Interval
+from facetrain.losses.base import CosineHead, FaceHead, HeadOutput
+from facetrain.losses.functional import subcenter_max
+from facetrain.utils.schema import Constraint, Interval, check_args
 
 __all__ = ["ShardedClassifier", "sharded_cross_entropy"]
 
@@ -108,6 +108,8 @@ class ShardedClassifier(FaceHead):
 
     #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
+        "embedding_size": CosineHead.config_constraints["embedding_size"],
+        "num_classes": CosineHead.config_constraints["num_classes"],
         "sample_rate": Interval(0.0, 1.0, low_open=True),
         "seed": Interval(0, integer=True, allow_none=True),
     }
@@ -120,11 +122,8 @@ class ShardedClassifier(FaceHead):
         sample_rate: float = 1.0,
         seed: int | None = 0,
     ) -> None:
-        check_int("classifier embedding_size", embedding_size, 1)
-        check_int("classifier num_classes", num_classes, 2)
-        check_range("classifier.sample_rate", sample_rate, 0.0, 1.0, low_open=True)
+        check_args(self, locals(), prefix="classifier")
         seed = 0 if seed is None else seed  # a run without a seed still needs one layout of the initial centres
-        check_int("classifier.seed", seed, 0)
         inner = head(embedding_size=int(embedding_size), num_classes=2)  # a stand-in matrix, replaced by the block
         check_shardable(inner)
         super().__init__(inner.nan_check)

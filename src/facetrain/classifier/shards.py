@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from facetrain.losses.base import check_int
+from facetrain.utils.schema import Interval, check_value
 
 __all__ = ["block_range", "init_rows"]
 
@@ -29,9 +29,9 @@ def block_range(num_rows: int, world_size: int, rank: int) -> tuple[int, int]:
     Raises:
         ValueError: On a negative row count, a world size < 1 or a rank outside [0, world_size).
     """
-    check_int("block_range num_rows", num_rows, 0)
-    check_int("block_range world_size", world_size, 1)
-    check_int("block_range rank", rank, 0)
+    check_value("block_range.num_rows", num_rows, Interval(0, integer=True))
+    check_value("block_range.world_size", world_size, Interval(1, integer=True))
+    check_value("block_range.rank", rank, Interval(0, integer=True))
     if rank >= world_size:
         raise ValueError(f"block_range rank must be < world_size={world_size}, got {rank}")
     base, extra = divmod(int(num_rows), int(world_size))
@@ -50,8 +50,8 @@ def init_rows(start: int, stop: int, dim: int, seed: int, std: float = 0.01) -> 
     Row r comes from chunk r // INIT_CHUNK_ROWS, drawn from a generator seeded with (seed, chunk), so any split of
     the rows over ranks yields the same global matrix.
     """
-    check_int("init_rows start", start, 0)
-    check_int("init_rows stop", stop, start)
+    check_value("init_rows.start", start, Interval(0, integer=True))
+    check_value("init_rows.stop", stop, Interval(start, integer=True))
     out = torch.empty(stop - start, dim)
     for chunk in range(start // INIT_CHUNK_ROWS, -(-stop // INIT_CHUNK_ROWS)):
         lo = chunk * INIT_CHUNK_ROWS

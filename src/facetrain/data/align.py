@@ -36,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facetrain.data.decode import decode_checked
 from facetrain.utils.io import atomic_write
 
 # docs/protocols.md §4.4 [S4][S28a]: (x, y) of l-eye, r-eye, nose, l-mouth, r-mouth.
@@ -263,11 +264,9 @@ def read_bgr(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to BGR in its displayed orientation (EXIF applied, as landmark detectors see it),
     refusing empty, truncated, undecodable or damaged files (ValueError with the reason).
 
-    The check is :func:`facetrain.data.images.decode_checked`, the one that ``data.verify_images=decode`` runs on
+    The check is :func:`facetrain.data.decode.decode_checked`, the one that ``data.verify_images=decode`` runs on
     training images, so a JPEG damaged in the middle is refused here too instead of giving a half-grey crop.
     """
-    from facetrain.data.images import decode_checked  # the check shared with the training data
-
     try:
         data = np.fromfile(os.fspath(path), dtype=np.uint8)
     except OSError as error:

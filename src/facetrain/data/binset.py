@@ -39,7 +39,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from facetrain.data.images import Transform, encoded_size, to_tensor
+from facetrain.data.decode import encoded_size, rgb_or_problem
+from facetrain.data.transforms import Transform, to_tensor
 from facetrain.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -255,16 +256,11 @@ def _validate_videos(path: Path, obj: Any) -> tuple[list[list[bytes]], np.ndarra
 
 
 def _decode(data: bytes, where: str) -> np.ndarray:
-    """Encoded image bytes to ``H×W×3`` uint8 RGB; a failure names ``where``."""
-    image = None
-    if data:
-        try:
-            image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        except cv2.error:
-            image = None
+    """Encoded image bytes to ``H×W×3`` uint8 RGB with the one decoder; a failure names ``where``."""
+    image, problem = rgb_or_problem(data)
     if image is None:
-        raise BinFormatError(f"{where} cannot be decoded ({len(data)} bytes, corrupt or unsupported format)")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        raise BinFormatError(f"{where} cannot be decoded ({len(data)} bytes, {problem})")
+    return image
 
 
 def _fit(image: np.ndarray, size: tuple[int, int] | None, where: str) -> np.ndarray:

@@ -13,11 +13,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import cv2
 import numpy as np
 
 from facetrain.data.binset import write_bin, write_video_bin
-from facetrain.data.images import scan_identity_folders
+from facetrain.data.decode import decode_rgb, encoded_size
+from facetrain.data.image_files import scan_identity_folders
 from facetrain.data.protocols import check_images_exist, fold_ids, list_frames, read_lfw_pairs, read_ytf_splits
 from facetrain.data.recordio import PackInfo, RecordIOFaces, write_recordio
 
@@ -55,6 +55,18 @@ def progress(iterable: Iterable[T], total: int, desc: str, enabled: bool = True)
             print(f"\r{desc}: {i}/{total}", end="\n" if i == total else "", file=sys.stderr, flush=True)
 
 
+def _image_size(path: str) -> tuple[int, int]:
+    """``(height, width)`` of an image file: from its JPEG/PNG header, else by decoding it (the one decoder)."""
+    data = Path(path).read_bytes()
+    size = encoded_size(data)
+    if size is not None:
+        return size
+    try:
+        return decode_rgb(data, path).shape[:2]
+    except OSError as error:
+        raise ValueError(f"{error}: cannot read the image size for 'property'; pass image_size") from error
+
+
 def image_extension(data: bytes) -> str:
     """File extension for encoded image bytes from their signature (``.jpg`` when unknown)."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
@@ -72,8 +84,8 @@ def folders_to_recordio(
 ) -> PackInfo:
     """Pack an identity-folder tree ``root/<identity>/<image>`` into a RecordIO pack.
 
-    Labels follow :func:`facetrain.data.images.scan_identity_folders` (sorted identity folder names, images sorted
-    within each), so the pack order equals the order :class:`~facetrain.data.images.LabelledImages` would use.
+    Labels follow :func:`facetrain.data.image_files.scan_identity_folders` (sorted identity folder names, images sorted
+    within each), so the pack order equals the order :class:`~facetrain.data.image_files.LabelledImages` would use.
 
     Args:
         root: Tree root.
@@ -88,10 +100,7 @@ def folders_to_recordio(
     """
     _, paths, labels = scan_identity_folders(root)
     if image_size is None:
-        first = cv2.imdecode(np.fromfile(paths[0], dtype=np.uint8), cv2.IMREAD_UNCHANGED)
-        if first is None:
-            raise ValueError(f"cannot decode {paths[0]!r} to read the image size for 'property'; pass image_size")
-        image_size = (int(first.shape[0]), int(first.shape[1]))
+        image_size = _image_size(str(paths[0]))
     items = ((Path(p).read_bytes(), int(label)) for p, label in zip(paths, labels))
     return write_recordio(
         prefix,

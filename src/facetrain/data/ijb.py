@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from facetrain.data.align import align_face
-from facetrain.data.images import read_rgb
+from facetrain.data.decode import read_rgb
 from facetrain.data.protocols import read_text_lines
 
 __all__ = ["IjbSet", "aligned_face", "aligned_faces", "read_ijb", "read_pair_file", "read_subject_csv"]

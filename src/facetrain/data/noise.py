@@ -30,34 +30,36 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from facetrain.utils.io import atomic_write
+from facetrain.utils.schema import Constraint, Interval, OneOf, check_args, check_value
 
 NOISE_KINDS = ("none", "symmetric", "outlier")
 MAX_RATE = 0.6  # NoiseFace's highest rate [S34]; beyond it most labels are wrong and the task is no longer defined
+#: The fraction of corrupted training labels, in [0, MAX_RATE].
+RATE = Interval(0.0, MAX_RATE)
 
 
 @dataclass(frozen=True)
 class LabelNoiseConfig:
     """``data.label_noise``: ``{kind: none|symmetric|outlier, rate: p in [0, 0.6], seed: int >= 0}``."""
 
+    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        "kind": OneOf(NOISE_KINDS),
+        "rate": RATE,
+        "seed": Interval(0, integer=True),
+    }
+
     kind: str = "none"
     rate: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.kind not in NOISE_KINDS:
-            raise ValueError(f"data.label_noise.kind must be one of {NOISE_KINDS}, got {self.kind!r}")
-        rate = self.rate
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate):
-            raise ValueError(f"data.label_noise.rate must be a number in [0, {MAX_RATE}], got {rate!r}")
-        if not 0.0 <= rate <= MAX_RATE:
-            raise ValueError(f"data.label_noise.rate must be in [0, {MAX_RATE}], got {rate}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"data.label_noise.seed must be a non-negative integer, got {self.seed!r}")
+        check_args(self, prefix="data.label_noise")
 
     @classmethod
     def from_mapping(cls, value: Mapping[str, Any] | LabelNoiseConfig | None) -> LabelNoiseConfig:
@@ -113,8 +115,7 @@ def _check_labels(labels: np.ndarray, rate: float) -> np.ndarray:
         raise ValueError(f"labels must be a 1-D integer array, got {labels.dtype} of shape {labels.shape}")
     if labels.size and labels.min() < 0:
         raise ValueError(f"labels must be >= 0, got {labels.min()}")
-    if not 0.0 <= rate <= MAX_RATE:
-        raise ValueError(f"data.label_noise.rate must be in [0, {MAX_RATE}], got {rate}")
+    check_value("data.label_noise.rate", rate, RATE)
     return labels.astype(np.int64, copy=False)
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from facetrain.data.decode import IMAGE_EXTENSIONS
 from facetrain.data.folds import fold_ids  # re-exported: the protocol files define the folds
-from facetrain.data.images import IMAGE_EXTENSIONS
 from facetrain.utils.io import atomic_write
 
 __all__ = [

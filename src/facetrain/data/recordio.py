@@ -31,13 +31,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from facetrain.data.images import CollatedBatch, Transform, Uint8CHW, decode_batch, to_tensor
+from facetrain.data.batches import CollatedBatch, decode_batch
+from facetrain.data.dataset import FaceDataset
+from facetrain.data.decode import rgb_or_problem
 from facetrain.data.shared_batches import DEFAULT_SLOTS
+from facetrain.data.transforms import Transform, Uint8CHW, to_tensor
 from facetrain.utils.io import atomic_write
 
 __all__ = [
@@ -309,18 +310,7 @@ def read_record(fd: int, offset: int, path: Path, key: int | None = None) -> byt
     return _MAGIC_BYTES.join(parts)
 
 
-def _decode_rgb(data: bytes) -> np.ndarray | None:
-    """``cv2.imdecode`` to RGB, or None when the bytes are not a decodable image (cv2 raises on empty input)."""
-    if not data:
-        return None
-    try:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error:
-        return None
-    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-class RecordIOFaces(Dataset):
+class RecordIOFaces(FaceDataset):
     """``(image, label)`` samples from an InsightFace / MXNet RecordIO pack, without mxnet.
 
     Construction reads the index, the header record (key 0) if any, ``property`` if present, and the 24-36 header
@@ -335,9 +325,9 @@ class RecordIOFaces(Dataset):
     Args:
         root_or_prefix: Pack directory holding ``train.rec``/``train.idx``/``property``, or a prefix
             ``<prefix>.rec``/``<prefix>.idx`` (``property`` next to them).
-        transform: Albumentations-style transform applied like :class:`facetrain.data.images.LabelledImages`.
+        transform: Albumentations-style transform applied like :class:`facetrain.data.image_files.LabelledImages`.
         decode: If False, ``__getitem__`` returns the encoded image bytes instead of a tensor.
-        worker_buffers: With a plain :class:`~facetrain.data.images.Uint8CHW` transform, the reused shared-memory
+        worker_buffers: With a plain :class:`~facetrain.data.transforms.Uint8CHW` transform, the reused shared-memory
             batch buffers per DataLoader worker (:meth:`__getitems__`; the data module sets ``data.worker_buffers``).
 
     Attributes:
@@ -537,13 +527,14 @@ class RecordIOFaces(Dataset):
             RecordIOError: The bytes are not a decodable image; the message names the file, key and offset.
         """
         i = self._index(index)
-        image = _decode_rgb(self.read_bytes(i))
+        image, problem = rgb_or_problem(self.read_bytes(i))
         if image is None:
-            raise RecordIOError(
-                f"{_where(self.rec_path, int(self._offsets[i]), int(self.keys[i]))}: image bytes "
-                "cannot be decoded (corrupt or unsupported format)"
-            )
+            raise RecordIOError(f"{self.describe(i)}: image bytes cannot be decoded ({problem})")
         return image
+
+    def describe(self, index: int) -> str:
+        i = self._index(index)
+        return _where(self.rec_path, int(self._offsets[i]), int(self.keys[i]))
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | bytes, int]:
         label = int(self.labels[self._index(index)])
@@ -557,16 +548,12 @@ class RecordIOFaces(Dataset):
         return self.decode and type(self.transform) is Uint8CHW and self.transform.pre is None
 
     def __getitems__(self, indices: list[int]) -> CollatedBatch | list[tuple[torch.Tensor | bytes, int]]:
-        """A whole batch at once, like :meth:`facetrain.data.images.LabelledImages.__getitems__`: decoded straight
+        """A whole batch at once, like :meth:`facetrain.data.image_files.LabelledImages.__getitems__`: decoded straight
         into one uint8 ``B×3×H×W`` array with a plain ``Uint8CHW`` transform, else ``[self[i] for i in indices]``."""
         if not self.fetches_batches:
             return [self[i] for i in indices]
-
-        def where(i: int) -> str:
-            return _where(self.rec_path, int(self._offsets[i]), int(self.keys[i]))
-
         return decode_batch(
-            [self._index(i) for i in indices], lambda i: (self.read_image(i), i), where, self.labels,
+            [self._index(i) for i in indices], lambda i: (self.read_image(i), i), self.describe, self.labels,
             self.worker_buffers,
         )  # fmt: skip
 

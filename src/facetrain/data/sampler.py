@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from facetrain.data.dataset import FaceDataset
+
 __all__ = ["EpochSeeded", "ResumableSampler", "sample_seed"]
 
 
@@ -111,12 +113,13 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 class EpochSeeded(Dataset):
     """Dataset view taking ``(epoch, index)`` keys: seeds the transform per sample, then returns ``dataset[index]``.
 
-    The wrapped dataset's ``transform`` is re-seeded with :func:`sample_seed` before each sample when it supports it
-    (albumentations ``Compose.set_random_seed``); the augmentation of a sample then depends only on
-    ``(seed, epoch, index)``, not on which worker process loaded it.
+    When the wrapped dataset's CPU transform is random (:attr:`~facetrain.data.dataset.FaceDataset.seeds_samples`),
+    it is re-seeded with :func:`sample_seed` before each sample; the augmentation of a sample then depends only on
+    ``(seed, epoch, index)``, not on which worker process loaded it. Otherwise whole batches go to the dataset's
+    batched fetch (``Uint8CHW``: the random augmentation runs on the device).
     """
 
-    def __init__(self, dataset: Any, seed: int = 0) -> None:
+    def __init__(self, dataset: FaceDataset, seed: int = 0) -> None:
         self.dataset = dataset
         self.seed = int(seed)
 
@@ -125,17 +128,15 @@ class EpochSeeded(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         epoch, index = key
-        transform = getattr(self.dataset, "transform", None)
-        if hasattr(transform, "set_random_seed"):
-            transform.set_random_seed(sample_seed(self.seed, epoch, index))
+        if self.dataset.seeds_samples:
+            self.dataset.seed_sample(sample_seed(self.seed, epoch, index))
         return self.dataset[index]
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> Any:
-        """A batch of keys: forwarded whole to the wrapped dataset's ``__getitems__`` when its transform has no
-        per-sample seed (``Uint8CHW``: the random augmentation runs on the device), else key by key as above."""
-        getitems = getattr(self.dataset, "__getitems__", None)
-        if getitems is not None and not hasattr(getattr(self.dataset, "transform", None), "set_random_seed"):
-            return getitems([index for _, index in keys])
+        """A batch of keys: forwarded whole to the dataset's batched fetch when no sample needs its own seed, else
+        key by key as above."""
+        if not self.dataset.seeds_samples:
+            return self.dataset.__getitems__([index for _, index in keys])
         return [self[key] for key in keys]
 
     def __getattr__(self, name: str) -> Any:  # labels, num_classes, ... of the wrapped dataset

@@ -26,7 +26,7 @@ one-batch look-ahead, in a callback that kept it, or through a view of it. The p
 
 Only the worker writes 1 and only the main process writes 0, each to a slot the other one is not using, so no lock
 is needed. A slot the main process never releases is simply never reused: for instance when a batch is collated
-with ``default_collate`` instead of :func:`facetrain.data.images.collate_batch`. The worker cannot tell whether
+with ``default_collate`` instead of :func:`facetrain.data.batches.collate_batch`. The worker cannot tell whether
 another ``collate_fn`` passed the buffer on, so it never frees a slot by itself. The main process drops its
 mappings of a worker's segments once that worker process has exited (batches still alive keep theirs).
 """

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from facetrain.data.images import ImageList, Transform, read_rgb, to_tensor
+from facetrain.data.decode import read_rgb
+from facetrain.data.image_files import ImageList
+from facetrain.data.transforms import Transform, to_tensor
 
 EmbedFn = Callable[[torch.Tensor], torch.Tensor]
 AllGather = Callable[[torch.Tensor], torch.Tensor]

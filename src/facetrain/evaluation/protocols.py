@@ -15,7 +15,7 @@ those rows. :meth:`Protocol.artifacts` turns a report into the figures and CSV c
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -25,6 +25,7 @@ from facetrain.evaluation.plots import dir_far_figure, roc_figure, score_histogr
 from facetrain.evaluation.sets import EvaluationSet, IdentificationSet, PairSet, VideoPairSet
 from facetrain.evaluation.verification import (
     DEFAULT_FARS,
+    SCORES,
     FoldScorer,
     MetricReport,
     greater_is_same_for,
@@ -33,8 +34,9 @@ from facetrain.evaluation.verification import (
     verification_report,
 )
 from facetrain.evaluation.verification import threshold_grid as make_threshold_grid
+from facetrain.utils.schema import FARS, Constraint, Each, Interval, OneOf, check_args
 
-__all__ = ["AGGREGATES", "Artifact", "OpenSetProtocol", "PairProtocol", "Protocol", "VideoPairProtocol", "check_fars"]
+__all__ = ["AGGREGATES", "RANKS", "Artifact", "OpenSetProtocol", "PairProtocol", "Protocol", "VideoPairProtocol"]
 
 Artifact = tuple[str, Figure, dict[str, np.ndarray]]  # (kind, figure, CSV columns)
 
@@ -43,13 +45,8 @@ Artifact = tuple[str, Figure, dict[str, np.ndarray]]  # (kind, figure, CSV colum
 AGGREGATES = ("mean_embedding", "mean_pair_cosine", "first_k")
 
 
-def check_fars(name: str, key: str, fars: Sequence[float]) -> tuple[float, ...]:
-    """``fars`` as floats, each in (0, 1]; the message names ``eval.<name>.<key>``."""
-    values = tuple(float(f) for f in fars)
-    bad = [f for f in values if not 0.0 < f <= 1.0]
-    if bad:
-        raise ValueError(f"eval.{name}.{key} must be false-accept rates in (0, 1], got {bad}")
-    return values
+#: CMC / identification ranks: a non-empty list of integers >= 1.
+RANKS = Each(Interval(1, integer=True), min_len=1)
 
 
 def _l2_normalize_rows(x: np.ndarray) -> np.ndarray:
@@ -58,6 +55,11 @@ def _l2_normalize_rows(x: np.ndarray) -> np.ndarray:
 
 class Protocol:
     """A report from embeddings; options are checked when the protocol is built (before any file is read).
+
+    A protocol declares the valid values of its options once, in ``config_constraints`` (rules of
+    :mod:`facetrain.utils.schema`); its constructor enforces them with ``check_args(self, locals(),
+    prefix=f"eval.{name}")``, so the message names the config key (``eval.lfw.fars=[0.0] is invalid: ...``), and the
+    evaluation callback that is the config ``_target_`` can expose the same declaration to ``validate_config``.
 
     Args:
         name: The evaluation's metric prefix, for messages (``eval.<name>.<key>``).
@@ -103,6 +105,12 @@ class PairProtocol(Protocol):
     """
 
     set_type = PairSet
+    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        "score": OneOf(SCORES),
+        "mean_subtraction": OneOf((True, False)),
+        "fars": FARS,
+    }
 
     def __init__(
         self,
@@ -112,16 +120,16 @@ class PairProtocol(Protocol):
         threshold_grid: Sequence[float] | None = None,
         name: str = "eval",
     ) -> None:
+        check_args(self, locals(), prefix=f"eval.{name}")
         super().__init__(name)
         try:
-            greater_is_same_for(score)
             grid = threshold_grid if threshold_grid is None else [float(v) for v in threshold_grid]
             make_threshold_grid(grid)
         except ValueError as error:
             raise ValueError(f"eval.{name}: {error}") from None
         self.score = score
-        self.mean_subtraction = bool(mean_subtraction)
-        self.fars = check_fars(name, "fars", fars)
+        self.mean_subtraction = mean_subtraction
+        self.fars = tuple(float(f) for f in fars)
         self.threshold_grid = grid
 
     def pair_scores(self, embeddings: np.ndarray, evalset: PairSet) -> np.ndarray:
@@ -191,15 +199,18 @@ class VideoPairProtocol(PairProtocol):
     """
 
     set_type = VideoPairSet
+    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        **PairProtocol.config_constraints,
+        "aggregate": OneOf(AGGREGATES),
+        "k": Interval(1, integer=True),
+    }
 
     def __init__(self, aggregate: str = "mean_embedding", k: int = 100, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if aggregate not in AGGREGATES:
-            raise ValueError(f"eval.{self.name}.aggregate must be one of {list(AGGREGATES)}, got {aggregate!r}")
-        if aggregate == "first_k" and (int(k) != k or k < 1):
-            raise ValueError(f"eval.{self.name}.k must be a positive integer, got {k!r}")
+        check_args(self, {"aggregate": aggregate, "k": k}, prefix=f"eval.{self.name}")
         self.aggregate = aggregate
-        self.k = int(k)
+        self.k = k
 
     @property
     def first_k(self) -> int | None:
@@ -263,17 +274,20 @@ class OpenSetProtocol(Protocol):
     """
 
     set_type = IdentificationSet
+    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        "fars": FARS,
+        "rank": Interval(1, integer=True),
+        "ver_far": Interval(0.0, 1.0, low_open=True, allow_none=True),
+    }
 
     def __init__(
         self, fars: Sequence[float] = (0.01,), rank: int = 1, ver_far: float | None = 1e-3, name: str = "eval"
     ) -> None:
+        check_args(self, locals(), prefix=f"eval.{name}")
         super().__init__(name)
-        self.fars = check_fars(name, "fars", fars)
-        if ver_far is not None:
-            check_fars(name, "ver_far", [ver_far])
-        if int(rank) != rank or rank < 1:
-            raise ValueError(f"eval.{name}.rank must be a positive integer, got {rank!r}")
-        self.rank, self.ver_far = int(rank), ver_far
+        self.fars = tuple(float(f) for f in fars)
+        self.rank, self.ver_far = rank, ver_far
 
     def __call__(self, embeddings: np.ndarray, evalset: EvaluationSet) -> MetricReport:
         self.check(evalset)

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from facetrain.evaluation.ijb import IJB_FARS, template_features, verification
 from facetrain.evaluation.ijb_search import IJB_FPIRS, IJB_RANKS, identification
 from facetrain.evaluation.plots import cmc_figure, roc_figure, subsample_curve
-from facetrain.evaluation.protocols import Artifact, Protocol, check_fars
+from facetrain.evaluation.protocols import RANKS, Artifact, Protocol
 from facetrain.evaluation.sets import EvaluationSet
 from facetrain.evaluation.sets_ijb import IjbEvalSet, TinyFaceEvalSet
 from facetrain.evaluation.tinyface import TINYFACE_RANKS, tinyface_report
 from facetrain.evaluation.verification import MetricReport
+from facetrain.utils.schema import FARS, Constraint, OneOf, check_args
 
 __all__ = ["IjbProtocol", "TinyFaceProtocol", "parse_variant"]
 
@@ -45,12 +46,6 @@ def parse_variant(variant: str, name: str = "ijbc") -> tuple[bool, bool]:
     if match is None:
         raise ValueError(f"eval.{name}.variants: {variant!r} is not one of N1D1, N1D0, N0D1, N0D0")
     return match.group(1) == "1", match.group(2) == "1"
-
-
-def _positive_ints(name: str, key: str, values: Sequence[int]) -> tuple[int, ...]:
-    if not values or any(int(v) != v or v < 1 for v in values):
-        raise ValueError(f"eval.{name}.{key} must be positive integers, got {list(values)!r}")
-    return tuple(int(v) for v in values)
 
 
 def _merge(report: MetricReport, part: MetricReport, prefix: str) -> None:
@@ -75,6 +70,13 @@ class IjbProtocol(Protocol):
     """
 
     set_type = IjbEvalSet
+    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {
+        "fars": FARS,
+        "ranks": RANKS,
+        "fpirs": FARS,
+        "identification": OneOf((True, False)),
+    }
 
     def __init__(
         self,
@@ -85,16 +87,17 @@ class IjbProtocol(Protocol):
         identification: bool = True,
         name: str = "ijbc",
     ) -> None:
+        check_args(self, locals(), prefix=f"eval.{name}")
         super().__init__(name)
         if isinstance(variants, str):
             variants = [variants]
         if not variants or len(set(variants)) != len(variants):
             raise ValueError(f"eval.{name}.variants must be distinct N<0|1>D<0|1> names, got {list(variants)!r}")
         self.variants = {str(v): parse_variant(v, name) for v in variants}
-        self.fars = check_fars(name, "fars", fars)
-        self.ranks = _positive_ints(name, "ranks", ranks)
-        self.fpirs = check_fars(name, "fpirs", fpirs)
-        self.identification = bool(identification)
+        self.fars = tuple(float(f) for f in fars)
+        self.ranks = tuple(ranks)
+        self.fpirs = tuple(float(f) for f in fpirs)
+        self.identification = identification
         # N1 weighs each face by the norm of its (flip-summed) embedding: the callback must keep the norms.
         self.unit_embeddings = not any(keep_norm for keep_norm, _ in self.variants.values())
 
@@ -159,10 +162,13 @@ class TinyFaceProtocol(Protocol):
     """
 
     set_type = TinyFaceEvalSet
+    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {"ranks": RANKS}
 
     def __init__(self, ranks: Sequence[int] = TINYFACE_RANKS, name: str = "tinyface") -> None:
+        check_args(self, locals(), prefix=f"eval.{name}")
         super().__init__(name)
-        self.ranks = _positive_ints(name, "ranks", ranks)
+        self.ranks = tuple(ranks)
 
     def __call__(self, embeddings: np.ndarray, evalset: EvaluationSet) -> MetricReport:
         self.check(evalset)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from facetrain.data.binset import load_bin, load_video_bin
-from facetrain.data.images import scan_identity_folders
+from facetrain.data.image_files import scan_identity_folders
 from facetrain.data.protocols import (
     PairList,
     check_images_exist,

@@ -22,8 +22,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from facetrain.data.decode import read_rgb
 from facetrain.data.ijb import IjbSet, aligned_face, read_ijb
-from facetrain.data.images import read_rgb
 from facetrain.data.tinyface import read_tinyface
 from facetrain.evaluation.sets import EvaluationSet
 from facetrain.evaluation.tinyface import DISTRACTOR_LABEL

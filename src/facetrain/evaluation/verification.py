@@ -40,7 +40,6 @@ __all__ = [
     "fold_ids",
     "greater_is_same_for",
     "kfold_accuracy",
-    "kfold_accuracy_mean_subtracted",
     "mean_subtracted_scorer",
     "pair_scores",
     "roc_curve_points",
@@ -385,29 +384,6 @@ def kfold_accuracy(
     if fitted:
         result["scores"] = _check_scores(oof, "out-of-fold scores")
     return result
-
-
-def kfold_accuracy_mean_subtracted(
-    left: np.ndarray,
-    right: np.ndarray,
-    issame: Sequence[bool] | np.ndarray,
-    n_folds: int = 10,
-    folds: Sequence[int] | np.ndarray | None = None,
-    score: str = "cosine",
-    thresholds: Sequence[float] | np.ndarray | None = None,
-) -> dict[str, Any]:
-    """k-fold accuracy of embedding pairs with SphereFace-style mean subtraction fitted on the training folds.
-
-    See :func:`mean_subtracted_scorer` and :func:`kfold_accuracy`; the result includes the out-of-fold ``scores``.
-    """
-    return kfold_accuracy(
-        mean_subtracted_scorer(left, right, score),
-        issame,
-        n_folds=n_folds,
-        thresholds=thresholds,
-        greater_is_same=greater_is_same_for(score),
-        folds=folds,
-    )
 
 
 # --- ROC --------------------------------------------------------------------------------------------------------------

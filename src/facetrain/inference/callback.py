@@ -6,7 +6,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from facetrain.evaluation.callback import Evaluation
+from facetrain.callbacks.evaluation import Evaluation
 from facetrain.evaluation.protocols import PairProtocol
 from facetrain.evaluation.sets import VideoPairSet
 from facetrain.inference.contract import CONTRACT_KEY, contract_from_config, verification_thresholds

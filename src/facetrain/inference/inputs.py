@@ -2,7 +2,7 @@
 
 Images are aligned ``H×W×3`` uint8 arrays (RGB unless the caller says BGR), image files, directories of image files
 (searched recursively, sorted) or list files (one image path per line, relative paths relative to the list file,
-``#`` comments). Decoding is :func:`facetrain.data.images.read_rgb`, the same check-then-decode the training loader
+``#`` comments). Decoding is :func:`facetrain.data.decode.read_rgb`, the same check-then-decode the training loader
 uses, so a truncated JPEG is an error naming the file instead of a grey smear.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facetrain.data.images import IMAGE_EXTENSIONS, read_rgb
+from facetrain.data.decode import IMAGE_EXTENSIONS, read_rgb
 
 __all__ = [
     "BadInputError",

@@ -9,15 +9,14 @@ samples. Defaults s = 64, m = 0.4, h = 0.333, α = 0.01 from the paper and the o
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from facetrain.losses.base import CosineHead, HeadOutput
-from facetrain.losses.functional import adaface_logits, adaface_margin_scaler, check_range
-from facetrain.utils.schema import POSITIVE, PROBABILITY, Constraint, Interval
+from facetrain.losses.base import ANGULAR_MARGIN, CosineHead, HeadOutput
+from facetrain.losses.functional import adaface_logits, adaface_margin_scaler
+from facetrain.utils.schema import POSITIVE, PROBABILITY, Constraint, check_args
 
 __all__ = ["AdaFaceHead"]
 
@@ -38,10 +37,10 @@ class AdaFaceHead(CosineHead):
         t_alpha: EMA weight α in [0, 1] of the current batch statistics.
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
-        "margin": Interval(0.0, math.pi, high_open=True),
+        "margin": ANGULAR_MARGIN,
         "h": POSITIVE,
         "t_alpha": PROBABILITY,
     }
@@ -56,9 +55,7 @@ class AdaFaceHead(CosineHead):
         t_alpha: float = 0.01,
         nan_check: bool = True,
     ) -> None:
-        check_range("adaface margin", margin, 0.0, math.pi, high_open=True)
-        check_range("adaface h", h, 0.0, math.inf, low_open=True, high_open=True)
-        check_range("adaface t_alpha", t_alpha, 0.0, 1.0)
+        check_args(self, locals())
         super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m, self.h, self.t_alpha = float(margin), float(h), float(t_alpha)
         self.register_buffer("batch_mean", torch.tensor(20.0))

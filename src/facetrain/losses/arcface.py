@@ -9,14 +9,13 @@ margin under ``no_grad``, i.e. a straight-through variant; see insightface issue
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 
-from facetrain.losses.base import CosineHead, check_non_negative
+from facetrain.losses.base import ANGULAR_MARGIN, CosineHead
 from facetrain.losses.functional import arcface_logits
-from facetrain.utils.schema import Constraint, Interval, OneOf
+from facetrain.utils.schema import Constraint, OneOf, check_args
 
 __all__ = ["ArcFaceHead"]
 
@@ -32,10 +31,10 @@ class ArcFaceHead(CosineHead):
         easy_margin: Apply the margin only to targets with cos θ_y > 0 (InsightFace option).
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
-        "margin": Interval(0.0, math.pi, high_open=True),
+        "margin": ANGULAR_MARGIN,
         "easy_margin": OneOf((True, False)),
     }
 
@@ -48,9 +47,7 @@ class ArcFaceHead(CosineHead):
         easy_margin: bool = False,
         nan_check: bool = True,
     ) -> None:
-        check_non_negative("arcface margin", margin)
-        if margin >= math.pi:
-            raise ValueError(f"arcface margin must be < pi, got {margin!r}")
+        check_args(self, locals())
         super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m = float(margin)
         self.easy_margin = bool(easy_margin)

@@ -8,16 +8,18 @@ logits = s · margin(cos θ, y) with cos θ = x̂·ŵ_j (Wang et al., NormFace, 
 from __future__ import annotations
 
 import math
-import numbers
 from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facetrain.utils.schema import POSITIVE, Constraint, Interval, OneOf
+from facetrain.utils.schema import POSITIVE, Constraint, Interval, OneOf, check_args
 
-__all__ = ["CosineHead", "FaceHead", "HeadOutput", "check_int", "check_non_negative", "check_positive"]
+__all__ = ["ANGULAR_MARGIN", "CosineHead", "FaceHead", "HeadOutput"]
+
+#: An additive angular margin m in [0, π): θ + m must stay below π for the target logit to fall as θ grows.
+ANGULAR_MARGIN = Interval(0.0, math.pi, high_open=True)
 
 
 class HeadOutput(NamedTuple):
@@ -34,36 +36,26 @@ class HeadOutput(NamedTuple):
     cosine: torch.Tensor
 
 
-def check_int(name: str, value: int, minimum: int) -> None:
-    """Raises ValueError unless ``value`` is an integer >= ``minimum`` (bools are rejected)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_positive(name: str, value: float) -> None:
-    """Raises ValueError unless ``value`` is a finite number > 0 (NaN fails the comparison and is rejected too)."""
-    if not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-
-
-def check_non_negative(name: str, value: float) -> None:
-    """Raises ValueError unless ``value`` is a finite number >= 0."""
-    if not isinstance(value, numbers.Real) or not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-
-
 class FaceHead(nn.Module):
     """Base class of all heads: ``forward(embeddings, labels) -> HeadOutput`` plus hooks for the training module.
+
+    Valid argument values are declared once, in the ``config_constraints`` class attribute (rules of
+    :mod:`facetrain.utils.schema`): :func:`~facetrain.utils.schema.validate_config` checks them per config key before
+    the data is read, and each constructor enforces the same declaration with one ``check_args(self, locals())``
+    call (relations between arguments: a ``check_config`` classmethod, called by both). Nothing is checked in
+    ``forward``.
 
     Args:
         nan_check: ``loss.nan_check``: the training module stops with ``FloatingPointError`` naming the global step as
             soon as this head's loss is NaN or infinite (one host sync per step; false turns it off).
     """
 
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    config_constraints: ClassVar[dict[str, Constraint]] = {"nan_check": OneOf((True, False))}
+
     def __init__(self, nan_check: bool = True) -> None:
         super().__init__()
-        if not isinstance(nan_check, bool):
-            raise ValueError(f"nan_check must be true or false, got {nan_check!r}")
+        check_args(self, locals())
         self.nan_check = nan_check
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
@@ -122,23 +114,18 @@ class CosineHead(FaceHead):
             per-sample feature norm ‖x‖ (original A-Softmax); only heads that document it should allow ``None``.
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: A subclass whose ``scale`` may be None (‖x‖ scaling) overrides ``scale`` with ``allow_none=True``.
     config_constraints: ClassVar[dict[str, Constraint]] = {
-        "nan_check": OneOf((True, False)),
+        **FaceHead.config_constraints,
         "embedding_size": Interval(1, integer=True),
         "num_classes": Interval(2, integer=True),
         "scale": POSITIVE,
     }
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float | None, nan_check: bool = True) -> None:
+        check_args(self, locals())  # the subclass's rules: its scale may admit None
         super().__init__(nan_check)
-        name = type(self).__name__
-        check_int(f"{name} embedding_size", embedding_size, 1)
-        check_int(f"{name} num_classes", num_classes, 2)
-        if scale is not None:
-            check_positive(f"{name} scale", scale)
-        elif not type(self).config_constraints["scale"].allow_none:  # only heads that document ‖x‖ scaling
-            raise ValueError(f"{name} scale must be > 0, got None")
         self.embedding_size = int(embedding_size)
         self.num_classes = int(num_classes)
         self.scale = None if scale is None else float(scale)

@@ -11,21 +11,21 @@ Official code: github stamas02/cam-softmax, ``train.py`` (c <- max(pi/4, c - 1e-
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from facetrain.losses.functional import check_cam_c
-from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval
+from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval, check_args
 
-__all__ = ["C_RANGE", "HALF_PI", "AdaptiveC", "AdaptiveCPolicy", "CPolicy", "FixedC", "LinearC", "check_cam_c"]
+__all__ = ["C_RANGE", "HALF_PI", "AdaptiveC", "AdaptiveCPolicy", "CPolicy", "FixedC", "LinearC"]
 
 HALF_PI = math.pi / 2
 
 
-#: Valid angles c: (0, π/2] (π/2 is plain normalised softmax).
+#: Valid angles c: (0, π/2] (π/2 is plain normalised softmax). The one declaration of this rule: the policies' keys,
+#: the head's check of a policy's initial c. A policy's values lie between its checked start and floor, so the
+#: forward (:func:`~facetrain.losses.functional.cam_softmax_logits`) does not check c.
 C_RANGE = Interval(0.0, HALF_PI, low_open=True)
 
 
@@ -58,13 +58,13 @@ class FixedC:
         c: Angle in (0, π/2]; π/2 makes the head a NormFace head.
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {"c": C_RANGE}
 
     c: float = HALF_PI
 
     def __post_init__(self) -> None:
-        check_cam_c("FixedC c", self.c)
+        check_args(self)
 
     def initial(self) -> float:
         """Returns c."""
@@ -97,7 +97,7 @@ class LinearC:
         run_fraction: Fraction of the run in (0, 1] at which c reaches ``stop``; None for the per-step form.
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         "start": C_RANGE,
         "stop": C_RANGE,
@@ -107,7 +107,7 @@ class LinearC:
 
     @classmethod
     def check_config(cls, values: dict[str, object]) -> str | None:
-        """Relation between keys, checked before the data is read: stop <= start."""
+        """Relation between keys (at config time and by the constructor): stop <= start."""
         return _floor_above_start(values, "stop", math.pi / 4)
 
     start: float = HALF_PI
@@ -116,15 +116,7 @@ class LinearC:
     run_fraction: float | None = None
 
     def __post_init__(self) -> None:
-        check_cam_c("LinearC start", self.start)
-        check_cam_c("LinearC stop", self.stop)
-        if self.stop > self.start:
-            raise ValueError(f"LinearC stop must be <= start, got stop={self.stop!r} > start={self.start!r}")
-        if not (isinstance(self.decay, numbers.Real) and math.isfinite(self.decay) and self.decay >= 0):
-            raise ValueError(f"LinearC decay must be >= 0, got {self.decay!r}")
-        fraction = self.run_fraction
-        if fraction is not None and not (isinstance(fraction, numbers.Real) and 0.0 < fraction <= 1.0):
-            raise ValueError(f"LinearC run_fraction must be in (0, 1] or None, got {fraction!r}")
+        check_args(self)
 
     @property
     def uses_run_length(self) -> bool:
@@ -186,7 +178,7 @@ class AdaptiveC:
         max_step: Largest decrease of c per optimizer step, >= 0 (0 freezes c).
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         "start": C_RANGE,
         "c_min": C_RANGE,
@@ -196,7 +188,7 @@ class AdaptiveC:
 
     @classmethod
     def check_config(cls, values: dict[str, object]) -> str | None:
-        """Relation between keys, checked before the data is read: c_min <= start."""
+        """Relation between keys (at config time and by the constructor): c_min <= start."""
         return _floor_above_start(values, "c_min", math.pi / 4)
 
     start: float = HALF_PI
@@ -205,14 +197,7 @@ class AdaptiveC:
     max_step: float = 1e-4
 
     def __post_init__(self) -> None:
-        check_cam_c("AdaptiveC start", self.start)
-        check_cam_c("AdaptiveC c_min", self.c_min)
-        if self.c_min > self.start:
-            raise ValueError(f"AdaptiveC c_min must be <= start, got c_min={self.c_min!r} > start={self.start!r}")
-        if not (isinstance(self.momentum, numbers.Real) and 0.0 < self.momentum <= 1.0):
-            raise ValueError(f"AdaptiveC momentum must be in (0, 1], got {self.momentum!r}")
-        if not (isinstance(self.max_step, numbers.Real) and math.isfinite(self.max_step) and self.max_step >= 0):
-            raise ValueError(f"AdaptiveC max_step must be >= 0, got {self.max_step!r}")
+        check_args(self)
 
     def initial(self) -> float:
         """Returns start."""

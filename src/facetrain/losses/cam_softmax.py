@@ -42,9 +42,9 @@ from typing import Any, ClassVar
 import torch
 
 from facetrain.losses.base import CosineHead, FaceHead
-from facetrain.losses.cam_c_policies import AdaptiveC, AdaptiveCPolicy, CPolicy, FixedC, LinearC
-from facetrain.losses.functional import cam_softmax_logits, check_cam_c
-from facetrain.utils.schema import Constraint
+from facetrain.losses.cam_c_policies import C_RANGE, AdaptiveC, AdaptiveCPolicy, CPolicy, FixedC, LinearC
+from facetrain.losses.functional import cam_softmax_logits
+from facetrain.utils.schema import Constraint, check_args, check_value
 
 # The policies live in cam_c_policies; importing them from here keeps working.
 __all__ = ["AdaptiveC", "AdaptiveCPolicy", "CPolicy", "CamSoftmaxHead", "FixedC", "LinearC"]
@@ -71,7 +71,7 @@ class CamSoftmaxHead(CosineHead):
             from :meth:`on_fit_start`, stored in the ``total_steps`` buffer.
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {**CosineHead.config_constraints}
 
     def __init__(
@@ -82,6 +82,7 @@ class CamSoftmaxHead(CosineHead):
         c_policy: CPolicy | AdaptiveCPolicy | None = None,
         nan_check: bool = True,
     ) -> None:
+        check_args(self, locals())
         policy = LinearC() if c_policy is None else c_policy
         adaptive = isinstance(policy, AdaptiveCPolicy)
         if not adaptive and not isinstance(policy, CPolicy):
@@ -90,7 +91,8 @@ class CamSoftmaxHead(CosineHead):
                 f"got {policy!r}"
             )
         initial = policy.initial()
-        check_cam_c(f"cam-softmax c_policy.initial() of {policy!r}", initial)
+        # The built-in policies checked their own keys; this catches a custom policy, once, with the same rule.
+        check_value(f"{type(self).__name__}.c_policy.initial() of {policy!r}", initial, C_RANGE)
         super().__init__(embedding_size, num_classes, scale, nan_check)
         self.c_policy = policy
         self.register_buffer("c", torch.tensor(float(initial), dtype=torch.float64))
@@ -123,8 +125,7 @@ class CamSoftmaxHead(CosineHead):
 
     def margin(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Applies the cam-softmax activation with the current c to the target cosines (no side effects)."""
-        # c was range-checked when it was written (on_optimizer_step), so the forward reads nothing back.
-        return cam_softmax_logits(cos, labels, self.c, validate=False)
+        return cam_softmax_logits(cos, labels, self.c)
 
     @torch.no_grad()
     def _adaptive_step(self) -> None:
@@ -146,10 +147,8 @@ class CamSoftmaxHead(CosineHead):
         self.c.fill_(self._policy_value(self._host_step))
 
     def _policy_value(self, step: int) -> float:
-        value = self.c_policy.value(step, self._host_total)
-        # The forward does not read c back from the device, so the range check has to happen when c is written.
-        check_cam_c(f"cam-softmax c_policy.value({step}) of {self.c_policy!r}", value)
-        return value
+        # No range check per step: a policy's values lie between its start and floor, checked when it was built.
+        return self.c_policy.value(step, self._host_total)
 
     def on_fit_start(self, total_steps: float) -> None:
         """Fixes the run's length for a schedule defined over it (``loss.c_policy.run_fraction``); else nothing.

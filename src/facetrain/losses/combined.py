@@ -10,14 +10,13 @@ described in :func:`facetrain.losses.functional.combined_logits`.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 
-from facetrain.losses.base import CosineHead
-from facetrain.losses.functional import check_combined_margins, combined_logits
-from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval
+from facetrain.losses.base import ANGULAR_MARGIN, CosineHead
+from facetrain.losses.functional import combined_logits
+from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval, check_args
 
 __all__ = ["CombinedMarginHead"]
 
@@ -34,11 +33,11 @@ class CombinedMarginHead(CosineHead):
         m3: Additive cosine margin >= 0.
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
         "m1": Interval(1.0),
-        "m2": Interval(0.0, math.pi, high_open=True),
+        "m2": ANGULAR_MARGIN,
         "m3": NON_NEGATIVE,
     }
 
@@ -52,7 +51,7 @@ class CombinedMarginHead(CosineHead):
         m3: float = 0.2,
         nan_check: bool = True,
     ) -> None:
-        check_combined_margins(m1, m2, m3)
+        check_args(self, locals())
         super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
 

@@ -11,9 +11,9 @@ from typing import ClassVar
 
 import torch
 
-from facetrain.losses.base import CosineHead, check_non_negative
+from facetrain.losses.base import CosineHead
 from facetrain.losses.functional import cosface_logits
-from facetrain.utils.schema import NON_NEGATIVE, Constraint
+from facetrain.utils.schema import NON_NEGATIVE, Constraint, check_args
 
 __all__ = ["CosFaceHead"]
 
@@ -28,13 +28,13 @@ class CosFaceHead(CosineHead):
         margin: Cosine margin m >= 0 (m = 0 is NormFace).
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {**CosineHead.config_constraints, "margin": NON_NEGATIVE}
 
     def __init__(
         self, embedding_size: int, num_classes: int, scale: float = 64.0, margin: float = 0.35, nan_check: bool = True
     ) -> None:
-        check_non_negative("cosface margin", margin)
+        check_args(self, locals())
         super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m = float(margin)
 

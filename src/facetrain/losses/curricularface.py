@@ -10,14 +10,13 @@ and hard negatives are down-weighted (easy samples first); as t grows they are e
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 
-from facetrain.losses.base import CosineHead
-from facetrain.losses.functional import check_range, curricularface_logits
-from facetrain.utils.schema import PROBABILITY, Constraint, Interval
+from facetrain.losses.base import ANGULAR_MARGIN, CosineHead
+from facetrain.losses.functional import curricularface_logits
+from facetrain.utils.schema import PROBABILITY, Constraint, Interval, check_args
 
 __all__ = ["CurricularFaceHead"]
 
@@ -38,10 +37,10 @@ class CurricularFaceHead(CosineHead):
         t_init: Initial t (0 in the paper).
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
-        "margin": Interval(0.0, math.pi, high_open=True),
+        "margin": ANGULAR_MARGIN,
         "momentum": PROBABILITY,
         "t_init": Interval(-1.0, 1.0),
     }
@@ -56,9 +55,7 @@ class CurricularFaceHead(CosineHead):
         t_init: float = 0.0,
         nan_check: bool = True,
     ) -> None:
-        check_range("curricularface margin", margin, 0.0, math.pi, high_open=True)
-        check_range("curricularface momentum", momentum, 0.0, 1.0)
-        check_range("curricularface t_init", t_init, -1.0, 1.0)
+        check_args(self, locals())
         super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m = float(margin)
         self.momentum = float(momentum)

@@ -31,7 +31,6 @@ References:
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 
 import torch
@@ -41,7 +40,6 @@ __all__ = [
     "adaface_margin_scaler",
     "arcface_logits",
     "cam_softmax_logits",
-    "check_cam_c",
     "combined_logits",
     "cosface_logits",
     "curricularface_logits",
@@ -117,12 +115,6 @@ def _chebyshev(t: torch.Tensor, m: int) -> torch.Tensor:
     return current
 
 
-def _check_sphereface_m(m: int) -> None:
-    # ψ is defined piecewise for integer m only; non-integer "SphereFace" margins belong to combined-margin losses.
-    if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 1:
-        raise ValueError(f"sphereface margin m must be an integer >= 1, got {m!r}")
-
-
 def sphereface_logits(
     cos: torch.Tensor, labels: torch.Tensor, m: int = 4, lambda_: float | torch.Tensor = 0.0
 ) -> torch.Tensor:
@@ -142,9 +134,6 @@ def sphereface_logits(
     Returns:
         Copy of ``cos`` with the target entries replaced (not scaled).
     """
-    _check_sphereface_m(m)
-    if not isinstance(lambda_, torch.Tensor) and not lambda_ >= 0:
-        raise ValueError(f"sphereface lambda_ must be >= 0, got {lambda_}")
 
     def transform(t: torch.Tensor) -> torch.Tensor:
         # k = #{j in 1..m-1 : θ >= jπ/m}; the boundaries do not matter because ψ is continuous there.
@@ -206,31 +195,13 @@ def arcface_logits(cos: torch.Tensor, labels: torch.Tensor, m: float = 0.5, easy
     return _replace_targets(cos, labels, transform)
 
 
-def check_cam_c(name: str, value: float, upper: float = math.pi / 2) -> None:
-    """The one run-time rule for a cam-softmax angle c: a real number in (0, π/2], else ValueError naming ``name``.
-
-    Used by :func:`cam_softmax_logits`, the c policies and the head when it writes c; the config-time form of the same
-    range is ``facetrain.losses.cam_c_policies.C_RANGE``. ``upper`` is π/2 rounded to a tensor c's dtype
-    (float32(π/2) lies just above the float64 value).
-    """
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0.0 < value <= upper:
-        raise ValueError(f"{name} must be in (0, pi/2] (pi/2 = {upper!r}), got {value!r}")
-
-
-def _cam_exponent(c: float | torch.Tensor, device: torch.device, validate: bool = True) -> torch.Tensor:
-    """c′ = 1 / (1 − log2(cos c + 1)) as a float64 0-d tensor on ``device``, validating c where that is free."""
+def _cam_exponent(c: float | torch.Tensor, device: torch.device) -> torch.Tensor:
+    """c′ = 1 / (1 − log2(cos c + 1)) as a float64 0-d tensor on ``device``."""
     if isinstance(c, torch.Tensor):
         # c is a scheduled hyper-parameter, not a learned one: detaching keeps u^c′ free of the ∂/∂c′ = u^c′·ln u term,
         # which is NaN at u = 0.
-        c = c.detach()
-        # Reading an accelerator tensor would stall the host on every forward; the heads validate the c values they
-        # write into their buffers, so only host tensors are checked here. π/2 rounded to c's dtype is the bound:
-        # float32(π/2) lies just above the float64 value.
-        if validate and c.device.type == "cpu":
-            check_cam_c("cam-softmax c", float(c), float(torch.tensor(math.pi / 2, dtype=c.dtype)))
-        c = c.to(device=device, dtype=torch.float64)
+        c = c.detach().to(device=device, dtype=torch.float64)
     else:
-        check_cam_c("cam-softmax c", float(c))
         c = torch.tensor(float(c), dtype=torch.float64, device=device)
     eps = torch.finfo(torch.float64).eps
     # c → 0 drives the denominator to 0 (c′ → ∞); the floor keeps c′ finite for tiny but valid c.
@@ -241,9 +212,7 @@ def _cam_exponent(c: float | torch.Tensor, device: torch.device, validate: bool 
     return exponent.clamp_min(1.0)
 
 
-def cam_softmax_logits(
-    cos: torch.Tensor, labels: torch.Tensor, c: float | torch.Tensor, validate: bool = True
-) -> torch.Tensor:
+def cam_softmax_logits(cos: torch.Tensor, labels: torch.Tensor, c: float | torch.Tensor) -> torch.Tensor:
     """Cam-softmax target activation f(cos) = 2·((cos + 1)/2)^c′ − 1, c′ = 1/(1 − log2(cos c + 1)).
 
     Suveges & McKenna, ICPR 2020; the formula is taken from the official code (``src/cam_loss.py``, where it reads
@@ -256,18 +225,14 @@ def cam_softmax_logits(
     Args:
         cos: Cosine matrix (B×C).
         labels: Class labels (B,).
-        c: Angle in (0, π/2] mapped to a zero target logit (python float or 0-d tensor).
-        validate: False skips the range check of a tensor ``c`` (its host read). For callers that validate c when
-            they write it, such as :class:`~facetrain.losses.cam_softmax.CamSoftmaxHead` on its training hot path.
+        c: Angle in (0, π/2] mapped to a zero target logit (python float or 0-d tensor). Not checked here (this
+            runs every forward): the range is ``facetrain.losses.cam_c_policies.C_RANGE``, enforced where c is
+            configured.
 
     Returns:
         Copy of ``cos`` with the target entries replaced (not scaled).
-
-    Raises:
-        ValueError: If c is outside (0, π/2] (checked for python numbers and CPU tensors; a tensor on an accelerator
-            is not read back, to avoid a device sync per call).
     """
-    exponent = _cam_exponent(c, cos.device, validate)
+    exponent = _cam_exponent(c, cos.device)
 
     def transform(t: torch.Tensor) -> torch.Tensor:
         # t is clamped to [-1, 1], so the base is in [0, 1]; with c′ >= 1 both u^c′ and c′·u^(c′−1) are finite at
@@ -280,17 +245,6 @@ def cam_softmax_logits(
 # ----------------------------------------------------------------------------------------------------------------------
 # Combined margin, CurricularFace, AdaFace, MagFace, Sub-center ArcFace
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def check_range(
-    name: str, value: float, low: float, high: float, *, low_open: bool = False, high_open: bool = False
-) -> None:
-    """Raises ValueError naming ``name`` and the valid interval unless ``value`` is a real number inside it."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low!r}, {high!r}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be in {interval}, got {value!r}")
 
 
 def _safe_acos(t: torch.Tensor) -> torch.Tensor:
@@ -307,13 +261,6 @@ def _gather_targets(cos: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
         raise ValueError(f"labels must have shape ({cos.shape[0]},) to match cos, got {tuple(labels.shape)}")
     index = labels.reshape(-1, 1).long()
     return index, _clamp_keep_grad(cos.gather(1, index).to(_compute_dtype(cos.dtype)), -1.0, 1.0)
-
-
-def check_combined_margins(m1: float, m2: float, m3: float) -> None:
-    """Validates the combined-margin parameters: m1 >= 1 (multiplicative), m2 in [0, π), m3 >= 0."""
-    check_range("combined margin m1", m1, 1.0, math.inf, high_open=True)
-    check_range("combined margin m2", m2, 0.0, math.pi, high_open=True)
-    check_range("combined margin m3", m3, 0.0, math.inf, high_open=True)
 
 
 def combined_logits(
@@ -339,7 +286,6 @@ def combined_logits(
     Returns:
         Copy of ``cos`` with the target entries replaced (not scaled).
     """
-    check_combined_margins(m1, m2, m3)
     theta_star = (math.pi - m2) / m1
     threshold = math.cos(theta_star)
     shift = max(math.sin(math.pi - m2) * m2, 1.0 + threshold)
@@ -371,7 +317,6 @@ def curricularface_logits(
     Returns:
         New B×C tensor: targets replaced, hard negatives reweighted (not scaled).
     """
-    check_range("curricularface margin m", m, 0.0, math.pi, high_open=True)
     index, target = _gather_targets(cos, labels)
     cos_theta_m = torch.cos(_safe_acos(target) + m)
     final_target = torch.where(target > math.cos(math.pi - m), cos_theta_m, target - math.sin(math.pi - m) * m)
@@ -398,7 +343,6 @@ def adaface_margin_scaler(
     Returns:
         ẑ in [−1, 1], shape (B,), float32 (float64 for float64 norms), no gradient.
     """
-    check_range("adaface h", h, 0.0, math.inf, low_open=True, high_open=True)
     norms = norms.detach().to(_compute_dtype(norms.dtype))
     mean = torch.as_tensor(mean, device=norms.device).detach().to(norms.dtype)
     std = torch.as_tensor(std, device=norms.device).detach().to(norms.dtype)
@@ -425,7 +369,6 @@ def adaface_logits(
     Returns:
         Copy of ``cos`` with the target entries replaced (not scaled).
     """
-    check_range("adaface margin m", m, 0.0, math.pi, high_open=True)
     eps = 1e-3
 
     def transform(t: torch.Tensor) -> torch.Tensor:
@@ -436,14 +379,6 @@ def adaface_logits(
     return _replace_targets(cos, labels, transform)
 
 
-def check_magface_bounds(l_a: float, u_a: float, l_m: float, u_m: float) -> None:
-    """Validates MagFace's magnitude and margin bounds: 0 < l_a < u_a and 0 <= l_m <= u_m < π."""
-    check_range("magface l_a", l_a, 0.0, math.inf, low_open=True, high_open=True)
-    check_range("magface u_a", u_a, l_a, math.inf, low_open=True, high_open=True)
-    check_range("magface l_m", l_m, 0.0, math.pi, high_open=True)
-    check_range("magface u_m", u_m, l_m, math.pi, high_open=True)
-
-
 def magface_margin(
     norms: torch.Tensor, l_a: float = 10.0, u_a: float = 110.0, l_m: float = 0.45, u_m: float = 0.8
 ) -> torch.Tensor:
@@ -452,7 +387,6 @@ def magface_margin(
     a = ‖x‖ is clamped to [l_a, u_a] as in the official code (so outside that range neither m nor g has a gradient
     w.r.t. a). The gradient w.r.t. a inside the range is kept: it is part of the MagFace objective.
     """
-    check_magface_bounds(l_a, u_a, l_m, u_m)
     a = norms.clamp(l_a, u_a)
     return (u_m - l_m) / (u_a - l_a) * (a - l_a) + l_m
 
@@ -463,8 +397,6 @@ def magface_regularizer(norms: torch.Tensor, l_a: float = 10.0, u_a: float = 110
     g is convex and, since g′(a) = 1/u_a² − 1/a² <= 0, decreasing on [l_a, u_a]; with m(a) increasing this gives each
     sample a unique optimal magnitude (the paper's Theorem 3.1). a is clamped to [l_a, u_a] as in the code.
     """
-    check_range("magface l_a", l_a, 0.0, math.inf, low_open=True, high_open=True)
-    check_range("magface u_a", u_a, l_a, math.inf, low_open=True, high_open=True)
     a = norms.to(_compute_dtype(norms.dtype)).clamp(l_a, u_a)
     return a / (u_a * u_a) + 1.0 / a
 
@@ -500,7 +432,6 @@ def magface_logits(
     Returns:
         Copy of ``cos`` with the target entries replaced (not scaled).
     """
-    check_magface_bounds(l_a, u_a, l_m, u_m)
     if norms.shape != (cos.shape[0],):
         raise ValueError(f"magface norms must have shape ({cos.shape[0]},), got {tuple(norms.shape)}")
 
@@ -525,9 +456,8 @@ def subcenter_max(cos: torch.Tensor, k: int) -> torch.Tensor:
     Returns:
         B×C tensor of max_j cos θ_{c,j}.
     """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ValueError(f"subcenter k must be an integer >= 1, got {k!r}")
-    if cos.dim() != 2 or cos.shape[1] % k:
+    # A shape assertion (k is checked where it is configured: SubCenterArcFaceHead.config_constraints).
+    if not isinstance(k, int) or k < 1 or cos.dim() != 2 or cos.shape[1] % k:
         raise ValueError(f"subcenter cos must be B x (C*k) with k={k}, got shape {tuple(cos.shape)}")
     return cos.reshape(cos.shape[0], cos.shape[1] // k, k).amax(dim=2)
 
@@ -544,5 +474,4 @@ def subcenter_arcface_logits(cos: torch.Tensor, labels: torch.Tensor, k: int = 3
     Returns:
         B×C margin-adjusted cosines (not scaled).
     """
-    check_range("subcenter arcface margin m", m, 0.0, math.pi, high_open=True)
     return arcface_logits(subcenter_max(cos, k), labels, m)

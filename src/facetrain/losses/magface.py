@@ -16,15 +16,14 @@ code's other branch, the InsightFace fallback cos θ_y − m·sin(π − m) (mon
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from facetrain.losses.base import CosineHead, HeadOutput, check_non_negative
-from facetrain.losses.functional import check_magface_bounds, magface_logits, magface_regularizer
-from facetrain.utils.schema import NON_NEGATIVE, POSITIVE, Constraint, Interval, OneOf
+from facetrain.losses.base import ANGULAR_MARGIN, CosineHead, HeadOutput
+from facetrain.losses.functional import magface_logits, magface_regularizer
+from facetrain.utils.schema import NON_NEGATIVE, POSITIVE, Constraint, OneOf, check_args
 
 __all__ = ["MagFaceHead"]
 
@@ -39,26 +38,26 @@ class MagFaceHead(CosineHead):
         l_a: Lower magnitude bound, > 0.
         u_a: Upper magnitude bound, > l_a.
         l_m: Margin at a = l_a, in [0, π).
-        u_m: Margin at a = u_a, in [l_m, π).
+        u_m: Margin at a = u_a, in (l_m, π).
         lambda_g: Weight λ_g >= 0 of the regulariser g(a).
         easy_margin: True (official training): margin only for targets with cos θ_y > 0; False: the InsightFace
             fallback below cos(π − m(a)) (module docstring).
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
         "l_a": POSITIVE,
         "u_a": POSITIVE,
-        "l_m": Interval(0.0, math.pi, high_open=True),
-        "u_m": Interval(0.0, math.pi, high_open=True),
+        "l_m": ANGULAR_MARGIN,
+        "u_m": ANGULAR_MARGIN,
         "lambda_g": NON_NEGATIVE,
         "easy_margin": OneOf((True, False)),
     }
 
     @classmethod
     def check_config(cls, values: dict[str, object]) -> str | None:
-        """Relations between keys, checked before the data is read: l_a < u_a and l_m < u_m."""
+        """Relations between keys (at config time and by the constructor): l_a < u_a and l_m < u_m."""
         for low, high, defaults in (("l_a", "u_a", (10.0, 110.0)), ("l_m", "u_m", (0.45, 0.8))):
             lo, hi = values.get(low, defaults[0]), values.get(high, defaults[1])
             if isinstance(lo, float | int) and isinstance(hi, float | int) and not lo < hi:
@@ -78,13 +77,10 @@ class MagFaceHead(CosineHead):
         easy_margin: bool = True,
         nan_check: bool = True,
     ) -> None:
-        check_magface_bounds(l_a, u_a, l_m, u_m)
-        check_non_negative("magface lambda_g", lambda_g)
+        check_args(self, locals())
         super().__init__(embedding_size, num_classes, scale, nan_check)
         self.l_a, self.u_a, self.l_m, self.u_m = float(l_a), float(u_a), float(l_m), float(u_m)
         self.lambda_g = float(lambda_g)
-        if not isinstance(easy_margin, bool):
-            raise ValueError(f"magface easy_margin must be true or false, got {easy_margin!r}")
         self.easy_margin = easy_margin
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facetrain.losses.base import FaceHead, HeadOutput, check_int
-from facetrain.utils.schema import Constraint, Interval, OneOf
+from facetrain.losses.base import FaceHead, HeadOutput
+from facetrain.utils.schema import Constraint, Interval, OneOf, check_args
 
 __all__ = ["SoftmaxHead"]
 
@@ -26,19 +26,18 @@ class SoftmaxHead(FaceHead):
         bias: Whether the linear layer has a bias.
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
-        "nan_check": OneOf((True, False)),
+        **FaceHead.config_constraints,
         "embedding_size": Interval(1, integer=True),
         "num_classes": Interval(2, integer=True),
         "bias": OneOf((True, False)),
     }
 
     def __init__(self, embedding_size: int, num_classes: int, bias: bool = True, nan_check: bool = True) -> None:
+        check_args(self, locals())
         super().__init__(nan_check)
-        check_int("SoftmaxHead embedding_size", embedding_size, 1)
-        check_int("SoftmaxHead num_classes", num_classes, 2)
-        self.fc = nn.Linear(int(embedding_size), int(num_classes), bias=bias)
+        self.fc = nn.Linear(embedding_size, num_classes, bias=bias)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> HeadOutput:
         """Computes logits = W·x + b and their cross-entropy.

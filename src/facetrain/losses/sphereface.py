@@ -13,9 +13,9 @@ from typing import ClassVar
 
 import torch
 
-from facetrain.losses.base import CosineHead, check_int, check_non_negative
+from facetrain.losses.base import CosineHead
 from facetrain.losses.functional import sphereface_logits
-from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval
+from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval, check_args
 
 __all__ = ["SphereFaceHead"]
 
@@ -41,7 +41,7 @@ class SphereFaceHead(CosineHead):
         lambda_min: Floor λ_min >= 0 of λ for the rest of training.
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
         "scale": Interval(0.0, low_open=True, allow_none=True),
@@ -64,14 +64,7 @@ class SphereFaceHead(CosineHead):
         lambda_min: float = 5.0,
         nan_check: bool = True,
     ) -> None:
-        check_int("sphereface margin m", m, 1)
-        for name, value in [
-            ("lambda_base", lambda_base),
-            ("lambda_gamma", lambda_gamma),
-            ("lambda_power", lambda_power),
-            ("lambda_min", lambda_min),
-        ]:
-            check_non_negative(f"sphereface {name}", value)
+        check_args(self, locals())
         super().__init__(embedding_size, num_classes, scale, nan_check)
         self.m = int(m)
         self.lambda_base = float(lambda_base)

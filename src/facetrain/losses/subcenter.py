@@ -9,16 +9,15 @@ sub-centres instead of pulling the dominant one. Defaults K = 3, s = 64, m = 0.5
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facetrain.losses.base import CosineHead, check_int
-from facetrain.losses.functional import arcface_logits, check_range, subcenter_max
-from facetrain.utils.schema import Constraint, Interval
+from facetrain.losses.base import ANGULAR_MARGIN, CosineHead
+from facetrain.losses.functional import arcface_logits, subcenter_max
+from facetrain.utils.schema import Constraint, Interval, check_args
 
 __all__ = ["SubCenterArcFaceHead"]
 
@@ -34,10 +33,10 @@ class SubCenterArcFaceHead(CosineHead):
         k: Sub-centres per class, integer >= 1 (k = 1 is ArcFace).
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
-        "margin": Interval(0.0, math.pi, high_open=True),
+        "margin": ANGULAR_MARGIN,
         "k": Interval(1, integer=True),
     }
 
@@ -50,10 +49,9 @@ class SubCenterArcFaceHead(CosineHead):
         k: int = 3,
         nan_check: bool = True,
     ) -> None:
-        check_int("subcenter_arcface k", k, 1)
-        check_range("subcenter_arcface margin", margin, 0.0, math.pi, high_open=True)
+        check_args(self, locals())
         super().__init__(embedding_size, num_classes, scale, nan_check)
-        self.k = int(k)
+        self.k = k
         self.m = float(margin)
         # Replaces the C×D weight of CosineHead; same N(0, 0.01) init.
         self.weight = nn.Parameter(torch.empty(self.num_classes * self.k, self.embedding_size))

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -18,8 +16,11 @@ from torch.optim.lr_scheduler import LRScheduler
 from facetrain.classifier import checkpoint as classifier_checkpoint
 from facetrain.classifier.ddp import exclude_from_ddp
 from facetrain.losses.base import FaceHead, HeadOutput
+from facetrain.models.embedding import BackboneEmbedding
 from facetrain.models.finetune import apply_finetuning
+from facetrain.training.angles import angle_stats, target_and_nearest_cosines
 from facetrain.training.nonfinite import NonfiniteEvents, nonfinite_flag, skips_on_device
+from facetrain.training.rng import RNG_KEY, rng_state, set_rng_state
 from facetrain.utils.safe_load import CONFIG_KEY
 from facetrain.utils.schema import Constraint, Interval, OneOf
 
@@ -30,70 +31,8 @@ SchedulerFactory = Callable[..., LRScheduler]
 
 log = logging.getLogger(__name__)
 
-#: Where a checkpoint keeps the global RNG states (:func:`rng_state`), so a resumed run draws what it would have drawn.
-RNG_KEY = "facetrain_rng"
 
-
-def rng_state() -> dict[str, Any]:
-    """The global RNG states (torch CPU and CUDA, NumPy, Python) as tensors and plain data (weights-only loadable)."""
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": list(random.getstate()),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restores what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def target_and_nearest_cosines(cosine: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The target cosine cos θ_y and the largest non-target cosine max_{j≠y} cos θ_j of every row.
-
-    ``topk(2)`` instead of masking the target column avoids a B×C copy: the nearest non-target is the best entry
-    unless that is the target, then the second best (a tie with the target is still reported correctly).
-
-    Args:
-        cosine: B×C cosines (C >= 2).
-        labels: Class labels (B,).
-
-    Returns:
-        Two (B,) tensors, clamped to [-1, 1] so that ``acos`` is defined.
-    """
-    cos_y = cosine.gather(1, labels[:, None].long()).squeeze(1)
-    top = cosine.topk(2, dim=1)
-    top_is_target = top.indices[:, 0] == labels
-    cos_nearest = torch.where(top_is_target, top.values[:, 1], top.values[:, 0])
-    return cos_y.clamp(-1, 1), cos_nearest.clamp(-1, 1)
-
-
-def angle_stats(cos_target: torch.Tensor, cos_nearest: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean and (population) std in degrees of the target angle θ_y and the nearest non-target angle.
-
-    The population std (``correction=0``) stays finite for a batch of one.
-    """
-    theta_y = torch.rad2deg(torch.acos(cos_target.float()))
-    theta_n = torch.rad2deg(torch.acos(cos_nearest.float()))
-    return {
-        "theta_target": theta_y.mean(),
-        "theta_target_std": theta_y.std(correction=0),
-        "theta_nearest": theta_n.mean(),
-        "theta_nearest_std": theta_n.std(correction=0),
-    }
-
-
-class FaceRecognitionModule(pl.LightningModule):
+class FaceRecognitionModule(BackboneEmbedding, pl.LightningModule):
     """Backbone → embedding → margin head → cross-entropy, with per-step LR scheduling.
 
     The head, optimizer and scheduler arrive as factories (Hydra ``_partial_``) because they need values known only
@@ -195,16 +134,6 @@ class FaceRecognitionModule(pl.LightningModule):
         """L2-normalised face embeddings (inference)."""
         return F.normalize(self.embed(images), dim=1)
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw embeddings for evaluation; callers normalise (after optional flip fusion)."""
-        return self.backbone(self._layout(images))
-
-    def _layout(self, images: torch.Tensor) -> torch.Tensor:
-        """The batch in the backbone's memory format (a no-op copy-free view when it already is)."""
-        if self.channels_last and images.dim() == 4:
-            return images.contiguous(memory_format=torch.channels_last)
-        return images
-
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
         """Loss of one batch; at logging steps also the metrics and the detached target / nearest cosines.
 
@@ -215,11 +144,11 @@ class FaceRecognitionModule(pl.LightningModule):
         Returns:
             ``{"loss"}``, plus ``"cos_target"`` and ``"cos_nearest"`` at logging steps; Lightning optimises ``loss`` and
             hands the whole dict to ``Callback.on_train_batch_end`` (the angle histograms of
-            ``facetrain.evaluation.head_curves`` sample the logging steps).
+            ``facetrain.callbacks.head_curves`` sample the logging steps).
         """
         images, labels = batch
         self._batch_idx = batch_idx
-        out: HeadOutput = self.head(self.backbone(self._layout(images)), labels)
+        out: HeadOutput = self.head(self.embed(images), labels)
         if self.head.nan_check:
             self._loss = out.loss.detach()  # combined with the gradients' flag before the optimizer step
         if not self.is_logging_step():
@@ -332,7 +261,7 @@ class FaceRecognitionModule(pl.LightningModule):
         values.update({f"train/{k}": v.detach().float() for k, v in self.head.log_values().items()})
         self.log_dict(values, prog_bar=False, batch_size=labels.shape[0])
         # Not logged with prog_bar=True: Lightning would read that value back after every batch. The progress bar
-        # shows this host copy instead (facetrain.training.progress.ProgressBarValues); a logging step reads anyway.
+        # shows this host copy instead (facetrain.callbacks.progress.ProgressBarValues); a logging step reads anyway.
         self.progress_values = {"loss": round(float(values["train/loss"]), 4)}
 
     def optimizer_step(

@@ -13,12 +13,15 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from facetrain.callbacks.evaluation import Evaluation
 from facetrain.data.world import check_datasets
-from facetrain.evaluation.callback import Evaluation, read_embeddings, write_embeddings
+from facetrain.evaluation.embedding_files import read_embeddings, write_embeddings
 from facetrain.inference.embedder import FaceEmbedder
-from facetrain.inference.model import CONFIG_KEY, load_checkpoint
+from facetrain.inference.model import load_checkpoint
+from facetrain.models.embedding import EmbeddingModel
 from facetrain.utils.instantiate import instantiate_named
 from facetrain.utils.io import ensure_writable_dir, write_json_atomic
+from facetrain.utils.safe_load import CONFIG_KEY
 
 log = logging.getLogger(__name__)
 
@@ -26,37 +29,13 @@ log = logging.getLogger(__name__)
 INPUT_KEYS = ("ckpt_path", "model_path", "embeddings_dir")
 
 __all__ = [
-    "CONFIG_KEY",
     "INPUT_KEYS",
-    "EmbeddingModel",
     "ExportedBackbone",
     "evaluate",
     "load_embedding_model",
     "load_exported_model",
     "resolve_device",
 ]
-
-
-class EmbeddingModel(nn.Module):
-    """What the evaluation callbacks need from a trained model: ``embed`` (the backbone's raw embeddings).
-
-    It mirrors ``FaceRecognitionModule.embed``; the margin head is not rebuilt, because evaluation never uses it and
-    its shape depends on the training class count.
-    """
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    @property
-    def device(self) -> torch.device:
-        """Device of the weights (CPU for an exported model run by its own runtime)."""
-        param = next(self.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Raw (un-normalised) embeddings; the callbacks normalise after optional flip fusion."""
-        return self.backbone(images)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -72,11 +51,14 @@ def load_embedding_model(
     """Rebuild the embedding network of a checkpoint written by the train task.
 
     The checkpoint is read weights-only (tensors and plain containers, no pickled code) and the backbone rebuilt
-    from the config stored under ``facetrain_config`` by :func:`facetrain.inference.model.load_checkpoint` (with
-    pretrained loading off: the weights come from the checkpoint), its ``backbone.*`` weights loaded strictly.
+    from the config stored under :data:`~facetrain.utils.safe_load.CONFIG_KEY` by
+    :func:`facetrain.inference.model.load_checkpoint` (with pretrained loading off: the weights come from the
+    checkpoint), its ``backbone.*`` weights loaded strictly. Only the backbone's ``_target_`` is rebuilt from the
+    stored config (the callbacks' and evaluation sets' come from this run's config), so checkpoints written before the
+    callbacks moved to ``facetrain.callbacks`` evaluate unchanged.
 
     Returns:
-        The model in eval mode on ``device`` and the checkpoint (its stored config under ``facetrain_config``).
+        The model in eval mode on ``device`` and the checkpoint (its stored run config under ``CONFIG_KEY``).
 
     Raises:
         FileNotFoundError: No file at ``ckpt_path``.

@@ -10,12 +10,13 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from facetrain.callbacks.evaluation import Evaluation
+from facetrain.callbacks.preemption import Preemption
 from facetrain.classifier.config import check_classifier_head
 from facetrain.data.world import check_datasets
-from facetrain.evaluation.callback import Evaluation
 from facetrain.inference.callback import ContractCallback
 from facetrain.models.finetune import INIT_RECORD_FILE
-from facetrain.training.checkpoint import Preemption, find_last_checkpoint, safe_load
+from facetrain.training.checkpoint import find_last_checkpoint, safe_load
 from facetrain.utils.instantiate import instantiate, instantiate_named
 from facetrain.utils.io import ensure_writable_dir, write_json_atomic
 from facetrain.utils.schema import validate_config
@@ -42,7 +43,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg, output_dir)
 
     datamodule = instantiate(cfg.data)
-    num_classes = datamodule.num_classes  # scans (and if needed generates) the training data
+    datamodule.setup("fit")  # generates if needed, scans, checks, applies noise, writes the records: once
+    num_classes = datamodule.num_classes  # the head needs it before the model is built
     evaluators = instantiate_named(cfg.get("eval"))
     model = instantiate(cfg.model, num_classes=num_classes)
     model.run_config = OmegaConf.to_container(cfg, resolve=True)

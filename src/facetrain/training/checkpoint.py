@@ -1,4 +1,4 @@
-"""Checkpoints that survive crashes and cannot run code: atomic writes, safe loads, ``ckpt_path=last``, preemption.
+"""Checkpoints that survive crashes and cannot run code: atomic writes, safe loads, ``ckpt_path=last``.
 
 * :class:`SafeCheckpointIO` (a Lightning ``CheckpointIO`` plugin) writes a temporary file in the target directory,
   fsyncs it and renames it over the target (:func:`facetrain.utils.io.atomic_write`), so a crash mid-write leaves
@@ -7,7 +7,8 @@
   that smuggles a pickled object is refused with :class:`UnsafeCheckpointError` before anything in it runs.
 * :func:`find_last_checkpoint` resolves ``ckpt_path=last``: the newest loadable checkpoint among earlier runs of the
   same experiment (same command-line overrides), skipping truncated or unreadable files with a warning.
-* :class:`Preemption` turns SIGTERM/SIGINT into a checkpoint plus a clear message on how to resume.
+
+The callback that writes a checkpoint on SIGTERM/SIGINT is :class:`facetrain.callbacks.preemption.Preemption`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 # Defined without Lightning so that inference code can load checkpoints through the same check.
 from facetrain.utils.io import atomic_write
@@ -30,25 +29,11 @@ from facetrain.utils.safe_load import UnsafeCheckpointError, safe_load
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Preemption",
-    "PreemptedError",
     "SafeCheckpointIO",
     "UnsafeCheckpointError",
     "find_last_checkpoint",
     "safe_load",
 ]
-
-
-class PreemptedError(RuntimeError):
-    """Training stopped on SIGTERM/SIGINT after writing a checkpoint; ``resume_hint`` says how to continue."""
-
-    def __init__(self, checkpoint: Path, signal_name: str) -> None:
-        self.checkpoint = checkpoint
-        self.signal_name = signal_name
-        super().__init__(
-            f"{signal_name} received: checkpoint written to {checkpoint}. Resume with the same command plus "
-            f"ckpt_path=last (or ckpt_path={checkpoint})"
-        )
 
 
 class SafeCheckpointIO(TorchCheckpointIO):
@@ -113,34 +98,3 @@ def find_last_checkpoint(
             continue
         return path
     return None
-
-
-class Preemption(pl.Callback):
-    """On SIGTERM (cluster preemption) or SIGINT (Ctrl+C) during fit: write ``<dirpath>/preempted.ckpt``, then stop.
-
-    Lightning notices SIGTERM between batches and raises ``SIGTERMException``; Ctrl+C raises ``KeyboardInterrupt``.
-    This callback's ``on_exception`` saves the state after the last completed batch (weights, optimizer, schedule,
-    the sample position of :class:`facetrain.data.sampler.ResumableSampler`, RNG states), so the resumed run
-    continues exactly. On SIGTERM the train task then exits with status 143 (128 + SIGTERM) and a message that says
-    how to resume; on Ctrl+C Lightning itself exits with status 1 after this hook.
-
-    SLURM: Lightning's ``SLURMEnvironment`` handles SIGUSR1 requeue (``#SBATCH --signal=SIGUSR1@90``) with its own
-    checkpoint; plain SIGTERM preemption is handled here; both resume with ``ckpt_path=last``.
-
-    Args:
-        dirpath: Directory of the checkpoint (the run's ``checkpoints/``).
-    """
-
-    def __init__(self, dirpath: str | os.PathLike[str]) -> None:
-        self.dirpath = Path(dirpath)
-        self.saved: PreemptedError | None = None
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
-            return
-        name = "SIGTERM" if isinstance(exception, SIGTERMException) else "SIGINT"
-        path = self.dirpath / "preempted.ckpt"
-        trainer.save_checkpoint(path)  # collective under DDP: every rank calls it, rank 0 writes
-        self.saved = PreemptedError(path, name)
-        if trainer.is_global_zero:
-            log.warning("%s", self.saved)

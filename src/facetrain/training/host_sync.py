@@ -10,7 +10,8 @@ active, so never leave it on in a training run.
 What it cannot see: ``tensor.to("cpu")`` (on a CPU run the batch transfer to the "device" looks the same, so it is
 not counted; ``.cpu()`` is), and reads made inside C++ (an operator whose output size depends on the data, such as
 ``torch.nonzero`` called from another operator). The CUDA sync debug mode, used by ``scripts/bench_train.py`` on a
-GPU, covers those.
+GPU, covers those. The per-step callback that uses it in a training run is
+:class:`facetrain.callbacks.host_reads.HostReadsPerStep`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
-__all__ = ["HostReadCounter", "HostReadsPerStep", "cuda_sync_counter"]
+__all__ = ["HostReadCounter", "cuda_sync_counter"]
 
 #: Tensor methods whose Python call reads device memory on the host (or, for nonzero/unique/masked_select, produce a
 #: shape that depends on the data, which needs the same read).
@@ -130,54 +130,3 @@ def cuda_sync_counter() -> Iterator[list[str]]:
         finally:
             torch.cuda.set_sync_debug_mode(previous)
     messages.extend(str(w.message) for w in caught if "synchroniz" in str(w.message).lower())
-
-
-class HostReadsPerStep(pl.Callback):
-    """Counts the host reads of every training step with :class:`HostReadCounter` (tests and ``bench_train.py``).
-
-    A step's window runs from its ``on_train_batch_start`` to the next one (or to the epoch end), so it holds the
-    forward, backward and optimizer step, every callback's batch hooks and the fetch of the next batch. Put it first in
-    the callback list, so that the epoch-end work (evaluation, checkpoints) falls outside every window.
-
-    Attributes:
-        steps: One ``(global_step, is_logging_step, reads)`` per training step, in order.
-        sites: Where each step's reads came from (``global_step -> Counter``), for steps with reads.
-        counter: The counter.
-    """
-
-    def __init__(self) -> None:
-        self.steps: list[tuple[int, bool, int]] = []
-        self.sites: dict[int, Counter[str]] = {}
-        self.counter = HostReadCounter()
-        self.counter.enabled = False
-        self._open: tuple[int, bool, int] | None = None
-
-    def _close(self) -> None:
-        if self._open is not None:
-            step, logging_step, start = self._open
-            self.steps.append((step, logging_step, self.counter.count - start))
-            if self.counter.count > start:
-                self.sites[step] = Counter(self.counter.sites)
-            self.counter.sites.clear()
-            self._open = None
-        self.counter.enabled = False
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.counter.__enter__()
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        self._close()
-        self.counter.sites.clear()
-        logging_step = (trainer.global_step + 1) % max(1, int(trainer.log_every_n_steps)) == 0
-        self._open = (trainer.global_step, logging_step, self.counter.count)
-        self.counter.enabled = True
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._close()
-
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._close()
-        self.counter.__exit__()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self.counter.__exit__()

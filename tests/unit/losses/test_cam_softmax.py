@@ -94,9 +94,22 @@ def test_cam_softmax_tensor_c_gets_no_gradient() -> None:
 
 
 @pytest.mark.parametrize("c", [0.0, -0.1, 1.6, math.inf, math.nan, torch.tensor(2.0)])
-def test_cam_softmax_rejects_bad_c(c: float | torch.Tensor) -> None:
-    with pytest.raises(ValueError, match=r"cam-softmax c must be in \(0, pi/2\]"):
-        LF.cam_softmax_logits(torch.zeros(2, 3), torch.tensor([0, 1]), c)
+def test_bad_c_is_refused_where_it_is_configured(c: float | torch.Tensor) -> None:
+    # The forward does not check c (hot path); the policy refuses it when built, and the head refuses a custom
+    # policy's initial c, both with the one rule C_RANGE.
+    rule = r"is invalid: it must be a number in \(0, pi/2\]"
+    with pytest.raises(ValueError, match=r"FixedC\.c=.* " + rule):
+        FixedC(c=c)
+
+    class Custom:
+        def initial(self) -> float | torch.Tensor:
+            return c
+
+        def value(self, step: int, total_steps: int | None = None) -> float | torch.Tensor:
+            return c
+
+    with pytest.raises(ValueError, match=r"CamSoftmaxHead\.c_policy\.initial\(\) of .* " + rule):
+        CamSoftmaxHead(4, 3, c_policy=Custom())
 
 
 D, C, B = 16, 10, 12
@@ -128,7 +141,7 @@ def test_linear_c_over_the_run_known_answers() -> None:
     assert LinearC(run_fraction=1.0, decay=0.3).value(10, 40) == pytest.approx(HALF_PI - (math.pi / 4) / 4)
     with pytest.raises(ValueError, match="run_fraction=0.5 needs the run's number of optimizer steps"):
         policy.value(1)
-    with pytest.raises(ValueError, match="run_fraction must be in \\(0, 1\\] or None, got 1.5"):
+    with pytest.raises(ValueError, match=r"LinearC\.run_fraction=1\.5 is invalid: .* a number in \(0, 1\] or null"):
         LinearC(run_fraction=1.5)
 
 

@@ -46,7 +46,7 @@ def test_magface_easy_margin_is_the_default_and_leaves_non_positive_targets_alon
     assert target_value(easy, -0.1) == -0.1
     assert target_value(easy, -0.95) == -0.95
     assert MagFaceHead(D, C).easy_margin and not MagFaceHead(D, C, easy_margin=False).easy_margin
-    with pytest.raises(ValueError, match="magface easy_margin must be true or false, got 1"):
+    with pytest.raises(ValueError, match=r"MagFaceHead\.easy_margin=1 is invalid: it must be one of True, False"):
         MagFaceHead(D, C, easy_margin=1)  # type: ignore[arg-type]
 
 

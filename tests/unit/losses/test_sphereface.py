@@ -62,9 +62,10 @@ def test_sphereface_large_lambda_approaches_cosine() -> None:
 
 
 @pytest.mark.parametrize("m", [0, -1, 1.5, 4.0, True])
-def test_sphereface_functional_rejects_bad_m(m: object) -> None:
-    with pytest.raises(ValueError, match="sphereface margin m must be an integer >= 1"):
-        LF.sphereface_logits(torch.zeros(2, 3), torch.tensor([0, 1]), m)  # type: ignore[arg-type]
+def test_sphereface_head_rejects_bad_m(m: object) -> None:
+    # ψ is defined piecewise for integer m only; the head checks m once (the functional form runs every forward).
+    with pytest.raises(ValueError, match=r"SphereFaceHead\.m=.* is invalid: it must be an integer >= 1"):
+        SphereFaceHead(4, 3, m=m)  # type: ignore[arg-type]
 
 
 D, C, B = 16, 10, 12

@@ -32,7 +32,7 @@ import pytorch_lightning as pl
 import torch
 from matplotlib.figure import Figure
 
-from facetrain.evaluation.callbacks import tensorboard_writers
+from facetrain.callbacks.tensorboard import tensorboard_writers
 from facetrain.losses.base import CosineHead, FaceHead
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,9 @@ evaluation it embeds the set once (sharded over DDP ranks and gathered, padding 
 curve of the protocol from those embeddings, logs the defined ``val/<name>/<metric>`` scalars (what
 ``ModelCheckpoint`` monitors) and the curves as TensorBoard figures, writes the curves as PNG + CSV to
 ``<dirpath>/curves/`` and the embeddings to ``<dirpath>/embeddings/<name>.npy`` with the image order in
-``<name>.txt`` (:func:`read_embeddings` reads them back, so ``evaluate.py embeddings_dir=...`` recomputes the metrics
-without a model). JSON-ready results (undefined metrics as ``"undefined"`` with a reason, and the options used) are
-kept as ``<name>/<key>`` in :attr:`Evaluation.results` for ``metrics.json``.
+``<name>.txt`` (:mod:`facetrain.evaluation.embedding_files`; ``evaluate.py embeddings_dir=...`` reads them back and
+recomputes the metrics without a model). JSON-ready results (undefined metrics as ``"undefined"`` with a reason, and
+the options used) are kept as ``<name>/<key>`` in :attr:`Evaluation.results` for ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -24,20 +24,20 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from facetrain.callbacks.tensorboard import tensorboard_writers
 from facetrain.classifier.ddp import shared_buffers
 from facetrain.data.datamodule import DataSource
-from facetrain.data.images import Transform
-from facetrain.data.protocols import read_text_lines
+from facetrain.data.transforms import Transform
 from facetrain.evaluation.embed import DecodedImages, embed_images, flip_mode
+from facetrain.evaluation.embedding_files import write_embeddings
 from facetrain.evaluation.plots import write_curve_csv
 from facetrain.evaluation.protocols import Artifact, Protocol
 from facetrain.evaluation.sets import EvaluationSet
 from facetrain.evaluation.verification import MetricReport
-from facetrain.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Evaluation", "read_embeddings", "tensorboard_writers", "write_embeddings"]
+__all__ = ["Evaluation"]
 
 
 def _broadcast_buffers(module: torch.nn.Module) -> None:
@@ -50,58 +50,6 @@ def _broadcast_buffers(module: torch.nn.Module) -> None:
     """
     for _, buffer in shared_buffers(module):
         torch.distributed.broadcast(buffer, src=0)
-
-
-def tensorboard_writers(trainer: pl.Trainer) -> list[Any]:
-    """The TensorBoard writers among the trainer's loggers: the experiments that take figures and histograms.
-
-    Duck-typed rather than ``isinstance(logger, TensorBoardLogger)``, so that any logger whose experiment is a
-    ``SummaryWriter`` (Lightning's or another integration's) receives the curves too.
-    """
-    writers = []
-    for logger in trainer.loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_figure") and hasattr(experiment, "add_histogram"):
-            writers.append(experiment)
-    return writers
-
-
-def write_embeddings(directory: str | os.PathLike[str], name: str, embeddings: np.ndarray, paths: np.ndarray) -> Path:
-    """Write ``<directory>/<name>.npy`` (the rows, as embedded) and ``<name>.txt`` (one image name per row).
-
-    Returns:
-        The ``.npy`` path.
-    """
-    directory = Path(directory)
-    with atomic_write(directory / f"{name}.txt", "w", encoding="utf-8") as f:
-        f.write("".join(f"{p}\n" for p in paths))
-    with atomic_write(directory / f"{name}.npy", "wb") as f:
-        np.save(f, np.asarray(embeddings), allow_pickle=False)
-    return directory / f"{name}.npy"
-
-
-def read_embeddings(directory: str | os.PathLike[str], name: str, paths: np.ndarray) -> np.ndarray:
-    """The embeddings :func:`write_embeddings` wrote for ``name``, checked against the set's image order.
-
-    Raises:
-        FileNotFoundError: ``<name>.npy`` or ``<name>.txt`` is missing.
-        ValueError: The stored order is not ``paths`` (naming the first line that differs), or the row count is off.
-    """
-    directory = Path(directory)
-    npy, txt = directory / f"{name}.npy", directory / f"{name}.txt"
-    for path in (npy, txt):
-        if not path.is_file():
-            raise FileNotFoundError(f"embeddings_dir: {path} is missing (written by an evaluation of eval.{name})")
-    stored = read_text_lines(txt, "embedding order file")
-    for line, (got, expected) in enumerate(zip(stored, paths), start=1):
-        if got != str(expected):
-            raise ValueError(f"{txt}, line {line}: image {got!r}, but eval.{name} lists {str(expected)!r} there")
-    if len(stored) != len(paths):
-        raise ValueError(f"{txt}: {len(stored)} images, but eval.{name} has {len(paths)}")
-    embeddings = np.load(npy, allow_pickle=False)
-    if embeddings.ndim != 2 or len(embeddings) != len(paths):
-        raise ValueError(f"{npy}: shape {embeddings.shape}, expected ({len(paths)}, D) for the images of {txt}")
-    return embeddings
 
 
 class Evaluation(pl.Callback):
