@@ -9,13 +9,13 @@ bit-identical to the uninterrupted run.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import run_train
+from tests.faults import RUNS, SAMPLES_ENV, compare_resumed, samples_path
 
 pytestmark = pytest.mark.slow
 
@@ -40,25 +40,13 @@ def _args(tmp: Path, name: str, *extra: str) -> list[str]:
         "backbone.dropout=0.4",
         "+callbacks.record._target_=tests.faults.RecordSamples",
         # From the environment, so the resumed run's command (its overrides) is the interrupted one's + ckpt_path.
-        "+callbacks.record.path=${oc.env:FACETRAIN_SAMPLES}",
+        f"+callbacks.record.path=${{oc.env:{SAMPLES_ENV}}}",
         *extra,
     ]
 
 
 def _train(tmp: Path, name: str, *extra: str):  # noqa: ANN202
-    return run_train(*_args(tmp, name, *extra), env={"FACETRAIN_SAMPLES": str(tmp / f"{name}.samples")})
-
-
-def _samples(path: Path) -> dict[int, list[str]]:
-    steps: dict[int, list[str]] = {}
-    for line in path.read_text().splitlines():
-        step, *prints = line.split()
-        steps[int(step)] = prints  # a step recorded twice (lost, then redone) keeps the redone batch
-    return steps
-
-
-def _weights(run: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")["state_dict"]
+    return run_train(*_args(tmp, name, *extra), env={SAMPLES_ENV: str(samples_path(tmp, name))})
 
 
 @pytest.fixture(scope="module")
@@ -69,32 +57,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp
 
 
-def _compare(tmp: Path, interrupted: str, resumed: str, resume_step: int, capsys: pytest.CaptureFixture[str]) -> None:
-    ref = _samples(tmp / "uninterrupted.samples")
-    first = _samples(tmp / f"{interrupted}.samples")
-    second = _samples(tmp / f"{resumed}.samples")
-    assert min(second) == resume_step
-    history = {s: p for s, p in first.items() if s < resume_step} | second
-    assert sorted(history) == sorted(ref)
-    seen = [x for s in sorted(history) for x in history[s]]
-    expected = [x for s in sorted(ref) for x in ref[s]]
-    repeated = len(seen) - len(set(seen)) - (len(expected) - len(set(expected)))
-    skipped = len(set(expected) - set(seen))
-    a, b = (
-        _weights(tmp / "logs" / "train" / "runs" / "uninterrupted"),
-        _weights(tmp / "logs" / "train" / "runs" / resumed),
-    )
-    max_diff = max(float((a[k].double() - b[k].double()).abs().max()) if a[k].numel() else 0.0 for k in a)
-    with capsys.disabled():  # the figures belong in the test output even when pytest captures it
-        print(f"\n{resumed}: samples repeated: {repeated}, skipped: {skipped}, max weight difference: {max_diff}")
-    assert seen == expected, "the resumed run saw a different sample sequence"
-    assert (repeated, skipped) == (0, 0)
-    assert a.keys() == b.keys() and max_diff == 0.0
-    m_ref = json.loads((tmp / "logs" / "train" / "runs" / "uninterrupted" / "metrics.json").read_text())
-    m_res = json.loads((tmp / "logs" / "train" / "runs" / resumed / "metrics.json").read_text())
-    assert m_res == m_ref
-
-
 def test_kill_9_then_resume_is_bit_identical(reference: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tmp = reference
     fault = ["+callbacks.fault._target_=tests.faults.SignalAt", f"+callbacks.fault.step={KILL_STEP}"]
@@ -103,9 +65,9 @@ def test_kill_9_then_resume_is_bit_identical(reference: Path, capsys: pytest.Cap
     # Same command plus ckpt_path=last, in a new run directory: finds the killed run's newest good checkpoint.
     proc = _train(tmp, "after_kill", *fault, "ckpt_path=last")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    log = (tmp / "logs" / "train" / "runs" / "after_kill" / "train.log").read_text()
+    log = (tmp / RUNS / "after_kill" / "train.log").read_text()
     assert "ckpt_path=last: resuming from" in log and "killed/checkpoints/step0000009.ckpt" in log
-    _compare(tmp, "killed", "after_kill", resume_step=9, capsys=capsys)
+    compare_resumed(tmp, "killed", "after_kill", resume_step=9, capsys=capsys)
 
 
 def test_sigterm_writes_a_checkpoint_and_resumes_bit_identical(
@@ -122,10 +84,10 @@ def test_sigterm_writes_a_checkpoint_and_resumes_bit_identical(
     output = proc.stdout + proc.stderr
     assert "SIGTERM received: checkpoint written to" in output and "ckpt_path=last" in output
     assert "Traceback" not in output
-    ckpt = tmp / "logs" / "train" / "runs" / "terminated" / "checkpoints" / "preempted.ckpt"
+    ckpt = tmp / RUNS / "terminated" / "checkpoints" / "preempted.ckpt"
     # Lightning finishes the batch in flight, then stops: the checkpoint is after step KILL_STEP.
     assert torch.load(ckpt, weights_only=True, map_location="cpu")["global_step"] == KILL_STEP + 1
-    assert not (tmp / "logs" / "train" / "runs" / "terminated" / "metrics.json").exists()  # not a finished run
+    assert not (tmp / RUNS / "terminated" / "metrics.json").exists()  # not a finished run
     proc = _train(tmp, "after_term", *fault, f"ckpt_path={ckpt}")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    _compare(tmp, "terminated", "after_term", resume_step=KILL_STEP + 1, capsys=capsys)
+    compare_resumed(tmp, "terminated", "after_term", resume_step=KILL_STEP + 1, capsys=capsys)
