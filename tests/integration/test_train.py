@@ -105,7 +105,9 @@ def test_checkpoint_is_plain_data_and_resumes(smoke_run: Path, tmp_path: Path) -
 
 def test_multirun_every_head(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun"
-    proc = run_train("-m", "loss=glob(*)", *_smoke(tmp_path, f"hydra.sweep.dir={sweep}", "logger=none"))
+    # Every head through the sweep launcher: the wiring is the test, so the world and backbone are tiny.
+    tiny = ["synthetic.image_size=32", "backbone.model_name=test_resnet", "backbone.input_size=32"]
+    proc = run_train("-m", "loss=glob(*)", *_smoke(tmp_path, f"hydra.sweep.dir={sweep}", "logger=none", *tiny))
     assert proc.returncode == 0, proc.stderr[-4000:]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     heads = set()

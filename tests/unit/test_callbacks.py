@@ -46,7 +46,8 @@ from facetrain.evaluation.sets import PairSet, lfw_pairs
 from facetrain.evaluation.verification import UNDEFINED, kfold_accuracy, mean_subtracted_scorer
 from facetrain.tasks.evaluate import evaluate, load_embedding_model
 from facetrain.utils.instantiate import MOVED_TARGETS, instantiate_named
-from facetrain.utils.schema import ConfigError, validate_config
+from facetrain.utils.rules import ConfigError
+from facetrain.utils.schema import validate_config
 from tests.inference_helpers import make_checkpoint, run_config
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -311,7 +311,7 @@ def test_partial_fc_skipped_step_drops_its_rows() -> None:
 
 
 def test_partial_fc_refuses_an_optimizer_it_cannot_reproduce() -> None:
-    from facetrain.utils.schema import ConfigError
+    from facetrain.utils.rules import ConfigError
 
     sharded = ShardedClassifier(losses.ArcFaceHead, D, 40, sample_rate=0.2)
     opt = torch.optim.AdamW(sharded.parameters())

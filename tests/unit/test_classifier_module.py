@@ -15,7 +15,8 @@ from facetrain.classifier import ShardedClassifier, check_classifier_head
 from facetrain.losses import ArcFaceHead
 from facetrain.models.module import FaceRecognitionModule
 from facetrain.tasks.train import train
-from facetrain.utils.schema import ConfigError, validate_config
+from facetrain.utils.rules import ConfigError
+from facetrain.utils.schema import validate_config
 from tests.conftest import CONFIGS, bare_cpu_trainer
 
 EMBED, CLASSES = 8, 40

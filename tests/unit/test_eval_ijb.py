@@ -24,7 +24,7 @@ from facetrain.evaluation.ijb_search import identification
 from facetrain.evaluation.protocols_ijb import IjbProtocol, TinyFaceProtocol, parse_variant
 from facetrain.evaluation.sets_ijb import ijb, tinyface
 from facetrain.evaluation.tinyface import DISTRACTOR_LABEL, tinyface_report
-from facetrain.utils.schema import ConfigError
+from facetrain.utils.rules import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 
 from facetrain.losses import CosineHead
 from facetrain.tasks.train import train
-from facetrain.utils.schema import Constraint, Interval, check_args, validate_config
+from facetrain.utils.rules import Constraint, Interval, check_args
+from facetrain.utils.schema import validate_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # The smallest synthetic set the generator accepts, 32x32 faces: the run checks the wiring, not the learning.

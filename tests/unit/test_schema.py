@@ -15,18 +15,8 @@ from facetrain.data.noise import LabelNoiseConfig
 from facetrain.evaluation.protocols import OpenSetProtocol, PairProtocol, VideoPairProtocol
 from facetrain.evaluation.protocols_ijb import IjbProtocol, TinyFaceProtocol
 from facetrain.losses import AdaptiveC, ArcFaceHead, LinearC, MagFaceHead
-from facetrain.utils.schema import (
-    FARS,
-    ConfigError,
-    Constraint,
-    Each,
-    Interval,
-    OneOf,
-    check_args,
-    check_value,
-    validate_config,
-    validate_node,
-)
+from facetrain.utils.rules import FARS, ConfigError, Constraint, Each, Interval, OneOf, check_args, check_value
+from facetrain.utils.schema import validate_config, validate_node
 from tests.conftest import CONFIGS
 
 

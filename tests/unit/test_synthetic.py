@@ -27,7 +27,8 @@ from facetrain.data.synthetic.pool import run_jobs
 from facetrain.data.synthetic.seeds import KIND_LFW, KIND_TRAIN, KIND_YTF, STREAM_IDENTITY, keyed_rng
 from facetrain.data.synthetic.store import stale_reason
 from facetrain.data.synthetic.traits import sample_identity
-from facetrain.utils.schema import ConfigError, validate_config
+from facetrain.utils.rules import ConfigError
+from facetrain.utils.schema import validate_config
 
 SMALL = {
     "num_train_ids": 3,

@@ -22,7 +22,7 @@ from facetrain.data.synthetic.seeds import KIND_IJBC, STREAM_IDENTITY, keyed_rng
 from facetrain.data.synthetic.tinyface import SyntheticTinyFace
 from facetrain.data.synthetic.traits import sample_identity
 from facetrain.data.tinyface import read_tinyface
-from facetrain.utils.schema import ConfigError
+from facetrain.utils.rules import ConfigError
 
 CROP = 160
 

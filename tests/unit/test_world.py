@@ -23,7 +23,7 @@ from facetrain.data.world import (
 )
 from facetrain.tasks.evaluate import evaluate
 from facetrain.tasks.train import train
-from facetrain.utils.schema import ConfigError
+from facetrain.utils.rules import ConfigError
 from tests.conftest import CONFIGS, ROOT
 
 

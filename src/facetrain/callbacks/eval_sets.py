@@ -83,7 +83,7 @@ class SetEvaluation(Evaluation):
                     raise TypeError(f"{cls.__name__}: key {p.name!r} belongs to both the {seen[p.name]} and {group}")
                 seen[p.name] = group
         cls._keys = {group: tuple(p.name for p in params) for group, params in groups.items()}
-        # The protocol's declared rules (facetrain.utils.schema) are this entry's too: validate_config refuses a bad
+        # The protocol's declared rules (facetrain.utils.rules) are this entry's too: validate_config refuses a bad
         # eval.<name>.fars before any file is read, with the rule text the protocol's constructor uses.
         cls.config_constraints = dict(getattr(cls.protocol_type, "config_constraints", {}))
 

@@ -7,7 +7,7 @@ import pydoc
 from collections.abc import Mapping
 from typing import Any
 
-from facetrain.utils.schema import ConfigError
+from facetrain.utils.rules import ConfigError
 
 __all__ = ["check_classifier_head"]
 

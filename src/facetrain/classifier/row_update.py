@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from facetrain.utils.schema import ConfigError
+from facetrain.utils.rules import ConfigError
 
 __all__ = ["check_sgd_group", "param_group_of", "sgd_rows"]
 

@@ -43,7 +43,7 @@ from facetrain.classifier.sampling import num_sampled, rank_generator, sample_cl
 from facetrain.classifier.shards import block_range, init_rows
 from facetrain.losses.base import CosineHead, FaceHead, HeadOutput
 from facetrain.losses.functional import subcenter_max
-from facetrain.utils.schema import Constraint, Interval, check_args
+from facetrain.utils.rules import Constraint, Interval, check_args
 
 __all__ = ["ShardedClassifier", "sharded_cross_entropy"]
 
@@ -106,7 +106,7 @@ class ShardedClassifier(FaceHead):
         rows_per_class: K, the rows per class (sub-centres; 1 for most heads).
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         "embedding_size": CosineHead.config_constraints["embedding_size"],
         "num_classes": CosineHead.config_constraints["num_classes"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from facetrain.utils.schema import Interval, check_value
+from facetrain.utils.rules import Interval, check_value
 
 __all__ = ["block_range", "init_rows"]
 

@@ -42,7 +42,7 @@ from facetrain.data.pipeline import BAD_IMAGES_FILE, TrainingData, build_trainin
 from facetrain.data.sampler import EpochSeeded, ResumableSampler
 from facetrain.data.shared_batches import DEFAULT_SLOTS
 from facetrain.data.transforms import GpuAugment, Transform, Uint8CHW, find_normalize
-from facetrain.utils.schema import Constraint, Interval, OneOf, check_args
+from facetrain.utils.rules import Constraint, Interval, OneOf, check_args
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class FaceDataModule(pl.LightningDataModule):
             otherwise is refused. None: the evaluation transform's ``Normalize`` is the reference.
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         "batch_size": Interval(2, integer=True),
         "num_workers": Interval(0, integer=True),

@@ -35,7 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from facetrain.utils.io import atomic_write
-from facetrain.utils.schema import Constraint, Interval, OneOf, check_args, check_value
+from facetrain.utils.rules import Constraint, Interval, OneOf, check_args, check_value
 
 NOISE_KINDS = ("none", "symmetric", "outlier")
 MAX_RATE = 0.6  # NoiseFace's highest rate [S34]; beyond it most labels are wrong and the task is no longer defined
@@ -47,7 +47,7 @@ RATE = Interval(0.0, MAX_RATE)
 class LabelNoiseConfig:
     """``data.label_noise``: ``{kind: none|symmetric|outlier, rate: p in [0, 0.6], seed: int >= 0}``."""
 
-    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    #: Valid values, checked by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         "kind": OneOf(NOISE_KINDS),
         "rate": RATE,

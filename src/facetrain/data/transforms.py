@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import torch
 
-from facetrain.utils.schema import POSITIVE, PROBABILITY, Constraint, Each, Interval, check_args
+from facetrain.utils.rules import POSITIVE, PROBABILITY, Constraint, Each, Interval, check_args
 
 Transform = Callable[..., dict[str, Any]]  # an albumentations Compose: transform(image=...) -> {"image": ...}
 

@@ -30,7 +30,7 @@ from typing import Any
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from facetrain.utils.schema import ConfigError
+from facetrain.utils.rules import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from facetrain.evaluation.verification import (
     verification_report,
 )
 from facetrain.evaluation.verification import threshold_grid as make_threshold_grid
-from facetrain.utils.schema import FARS, Constraint, Each, Interval, OneOf, check_args
+from facetrain.utils.rules import FARS, Constraint, Each, Interval, OneOf, check_args
 
 __all__ = ["AGGREGATES", "RANKS", "Artifact", "OpenSetProtocol", "PairProtocol", "Protocol", "VideoPairProtocol"]
 
@@ -105,7 +105,7 @@ class PairProtocol(Protocol):
     """
 
     set_type = PairSet
-    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    #: Valid values, checked by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         "score": OneOf(SCORES),
         "mean_subtraction": OneOf((True, False)),
@@ -199,7 +199,7 @@ class VideoPairProtocol(PairProtocol):
     """
 
     set_type = VideoPairSet
-    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    #: Valid values, checked by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **PairProtocol.config_constraints,
         "aggregate": OneOf(AGGREGATES),
@@ -274,7 +274,7 @@ class OpenSetProtocol(Protocol):
     """
 
     set_type = IdentificationSet
-    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    #: Valid values, checked by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         "fars": FARS,
         "rank": Interval(1, integer=True),

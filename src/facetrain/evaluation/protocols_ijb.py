@@ -28,7 +28,7 @@ from facetrain.evaluation.sets import EvaluationSet
 from facetrain.evaluation.sets_ijb import IjbEvalSet, TinyFaceEvalSet
 from facetrain.evaluation.tinyface import TINYFACE_RANKS, tinyface_report
 from facetrain.evaluation.verification import MetricReport
-from facetrain.utils.schema import FARS, Constraint, OneOf, check_args
+from facetrain.utils.rules import FARS, Constraint, OneOf, check_args
 
 __all__ = ["IjbProtocol", "TinyFaceProtocol", "parse_variant"]
 
@@ -70,7 +70,7 @@ class IjbProtocol(Protocol):
     """
 
     set_type = IjbEvalSet
-    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    #: Valid values, checked by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         "fars": FARS,
         "ranks": RANKS,
@@ -162,7 +162,7 @@ class TinyFaceProtocol(Protocol):
     """
 
     set_type = TinyFaceEvalSet
-    #: Valid values, checked by the constructor (facetrain.utils.schema).
+    #: Valid values, checked by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {"ranks": RANKS}
 
     def __init__(self, ranks: Sequence[int] = TINYFACE_RANKS, name: str = "tinyface") -> None:

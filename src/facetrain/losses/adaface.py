@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from facetrain.losses.base import ANGULAR_MARGIN, CosineHead, HeadOutput
 from facetrain.losses.functional import adaface_logits, adaface_margin_scaler
-from facetrain.utils.schema import POSITIVE, PROBABILITY, Constraint, check_args
+from facetrain.utils.rules import POSITIVE, PROBABILITY, Constraint, check_args
 
 __all__ = ["AdaFaceHead"]
 
@@ -37,7 +37,7 @@ class AdaFaceHead(CosineHead):
         t_alpha: EMA weight α in [0, 1] of the current batch statistics.
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
         "margin": ANGULAR_MARGIN,

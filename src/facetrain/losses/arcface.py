@@ -15,7 +15,7 @@ import torch
 
 from facetrain.losses.base import ANGULAR_MARGIN, CosineHead
 from facetrain.losses.functional import arcface_logits
-from facetrain.utils.schema import Constraint, OneOf, check_args
+from facetrain.utils.rules import Constraint, OneOf, check_args
 
 __all__ = ["ArcFaceHead"]
 
@@ -31,7 +31,7 @@ class ArcFaceHead(CosineHead):
         easy_margin: Apply the margin only to targets with cos θ_y > 0 (InsightFace option).
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
         "margin": ANGULAR_MARGIN,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facetrain.utils.schema import POSITIVE, Constraint, Interval, OneOf, check_args
+from facetrain.utils.rules import POSITIVE, Constraint, Interval, OneOf, check_args
 
 __all__ = ["ANGULAR_MARGIN", "CosineHead", "FaceHead", "HeadOutput"]
 
@@ -50,7 +50,7 @@ class FaceHead(nn.Module):
             soon as this head's loss is NaN or infinite (one host sync per step; false turns it off).
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {"nan_check": OneOf((True, False))}
 
     def __init__(self, nan_check: bool = True) -> None:
@@ -114,7 +114,7 @@ class CosineHead(FaceHead):
             per-sample feature norm ‖x‖ (original A-Softmax); only heads that document it should allow ``None``.
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     #: A subclass whose ``scale`` may be None (‖x‖ scaling) overrides ``scale`` with ``allow_none=True``.
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **FaceHead.config_constraints,

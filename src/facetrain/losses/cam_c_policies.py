@@ -16,7 +16,7 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import torch
 
-from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval, check_args
+from facetrain.utils.rules import NON_NEGATIVE, Constraint, Interval, check_args
 
 __all__ = ["C_RANGE", "HALF_PI", "AdaptiveC", "AdaptiveCPolicy", "CPolicy", "FixedC", "LinearC"]
 
@@ -58,7 +58,7 @@ class FixedC:
         c: Angle in (0, π/2]; π/2 makes the head a NormFace head.
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {"c": C_RANGE}
 
     c: float = HALF_PI
@@ -97,7 +97,7 @@ class LinearC:
         run_fraction: Fraction of the run in (0, 1] at which c reaches ``stop``; None for the per-step form.
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         "start": C_RANGE,
         "stop": C_RANGE,
@@ -178,7 +178,7 @@ class AdaptiveC:
         max_step: Largest decrease of c per optimizer step, >= 0 (0 freezes c).
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         "start": C_RANGE,
         "c_min": C_RANGE,

@@ -44,7 +44,7 @@ import torch
 from facetrain.losses.base import CosineHead, FaceHead
 from facetrain.losses.cam_c_policies import C_RANGE, AdaptiveC, AdaptiveCPolicy, CPolicy, FixedC, LinearC
 from facetrain.losses.functional import cam_softmax_logits
-from facetrain.utils.schema import Constraint, check_args, check_value
+from facetrain.utils.rules import Constraint, check_args, check_value
 
 # The policies live in cam_c_policies; importing them from here keeps working.
 __all__ = ["AdaptiveC", "AdaptiveCPolicy", "CPolicy", "CamSoftmaxHead", "FixedC", "LinearC"]
@@ -71,7 +71,7 @@ class CamSoftmaxHead(CosineHead):
             from :meth:`on_fit_start`, stored in the ``total_steps`` buffer.
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {**CosineHead.config_constraints}
 
     def __init__(

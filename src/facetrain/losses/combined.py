@@ -16,7 +16,7 @@ import torch
 
 from facetrain.losses.base import ANGULAR_MARGIN, CosineHead
 from facetrain.losses.functional import combined_logits
-from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval, check_args
+from facetrain.utils.rules import NON_NEGATIVE, Constraint, Interval, check_args
 
 __all__ = ["CombinedMarginHead"]
 
@@ -33,7 +33,7 @@ class CombinedMarginHead(CosineHead):
         m3: Additive cosine margin >= 0.
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
         "m1": Interval(1.0),

@@ -13,7 +13,7 @@ import torch
 
 from facetrain.losses.base import CosineHead
 from facetrain.losses.functional import cosface_logits
-from facetrain.utils.schema import NON_NEGATIVE, Constraint, check_args
+from facetrain.utils.rules import NON_NEGATIVE, Constraint, check_args
 
 __all__ = ["CosFaceHead"]
 
@@ -28,7 +28,7 @@ class CosFaceHead(CosineHead):
         margin: Cosine margin m >= 0 (m = 0 is NormFace).
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {**CosineHead.config_constraints, "margin": NON_NEGATIVE}
 
     def __init__(

@@ -16,7 +16,7 @@ import torch
 
 from facetrain.losses.base import ANGULAR_MARGIN, CosineHead
 from facetrain.losses.functional import curricularface_logits
-from facetrain.utils.schema import PROBABILITY, Constraint, Interval, check_args
+from facetrain.utils.rules import PROBABILITY, Constraint, Interval, check_args
 
 __all__ = ["CurricularFaceHead"]
 
@@ -37,7 +37,7 @@ class CurricularFaceHead(CosineHead):
         t_init: Initial t (0 in the paper).
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
         "margin": ANGULAR_MARGIN,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from facetrain.losses.base import ANGULAR_MARGIN, CosineHead, HeadOutput
 from facetrain.losses.functional import magface_logits, magface_regularizer
-from facetrain.utils.schema import NON_NEGATIVE, POSITIVE, Constraint, OneOf, check_args
+from facetrain.utils.rules import NON_NEGATIVE, POSITIVE, Constraint, OneOf, check_args
 
 __all__ = ["MagFaceHead"]
 
@@ -44,7 +44,7 @@ class MagFaceHead(CosineHead):
             fallback below cos(π − m(a)) (module docstring).
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
         "l_a": POSITIVE,

@@ -13,7 +13,7 @@ import torch
 
 from facetrain.losses.base import CosineHead
 from facetrain.losses.functional import normface_logits
-from facetrain.utils.schema import Constraint
+from facetrain.utils.rules import Constraint
 
 __all__ = ["NormFaceHead"]
 
@@ -27,7 +27,7 @@ class NormFaceHead(CosineHead):
         scale: Logit scale s > 0 (ArcFace's CASIA ablation reports s = 20 better than s = 64 for this loss).
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {**CosineHead.config_constraints}
 
     def __init__(self, embedding_size: int, num_classes: int, scale: float = 20.0, nan_check: bool = True) -> None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facetrain.losses.base import FaceHead, HeadOutput
-from facetrain.utils.schema import Constraint, Interval, OneOf, check_args
+from facetrain.utils.rules import Constraint, Interval, OneOf, check_args
 
 __all__ = ["SoftmaxHead"]
 
@@ -26,7 +26,7 @@ class SoftmaxHead(FaceHead):
         bias: Whether the linear layer has a bias.
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **FaceHead.config_constraints,
         "embedding_size": Interval(1, integer=True),

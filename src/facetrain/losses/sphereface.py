@@ -15,7 +15,7 @@ import torch
 
 from facetrain.losses.base import CosineHead
 from facetrain.losses.functional import sphereface_logits
-from facetrain.utils.schema import NON_NEGATIVE, Constraint, Interval, check_args
+from facetrain.utils.rules import NON_NEGATIVE, Constraint, Interval, check_args
 
 __all__ = ["SphereFaceHead"]
 
@@ -41,7 +41,7 @@ class SphereFaceHead(CosineHead):
         lambda_min: Floor λ_min >= 0 of λ for the rest of training.
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
         "scale": Interval(0.0, low_open=True, allow_none=True),

@@ -17,7 +17,7 @@ from torch import nn
 
 from facetrain.losses.base import ANGULAR_MARGIN, CosineHead
 from facetrain.losses.functional import arcface_logits, subcenter_max
-from facetrain.utils.schema import Constraint, Interval, check_args
+from facetrain.utils.rules import Constraint, Interval, check_args
 
 __all__ = ["SubCenterArcFaceHead"]
 
@@ -33,7 +33,7 @@ class SubCenterArcFaceHead(CosineHead):
         k: Sub-centres per class, integer >= 1 (k = 1 is ArcFace).
     """
 
-    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read and by the constructor (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         **CosineHead.config_constraints,
         "margin": ANGULAR_MARGIN,

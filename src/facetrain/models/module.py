@@ -21,8 +21,8 @@ from facetrain.models.finetune import apply_finetuning
 from facetrain.training.angles import angle_stats, target_and_nearest_cosines
 from facetrain.training.nonfinite import NonfiniteEvents, nonfinite_flag, skips_on_device
 from facetrain.training.rng import RNG_KEY, rng_state, set_rng_state
+from facetrain.utils.rules import Constraint, Interval, OneOf
 from facetrain.utils.safe_load import CONFIG_KEY
-from facetrain.utils.schema import Constraint, Interval, OneOf
 
 HeadFactory = Callable[..., nn.Module]
 ClassifierFactory = Callable[..., FaceHead]
@@ -68,7 +68,7 @@ class FaceRecognitionModule(BackboneEmbedding, pl.LightningModule):
     survives a divergence.
     """
 
-    #: Valid values, checked per config key before the data is read (facetrain.utils.schema).
+    #: Valid values, checked per config key before the data is read (facetrain.utils.rules).
     config_constraints: ClassVar[dict[str, Constraint]] = {
         "max_nonfinite_skips": Interval(0, integer=True),
         "channels_last": OneOf((True, False)),

@@ -33,7 +33,7 @@ from facetrain.data.synthetic.seeds import (
 )
 from facetrain.data.synthetic.store import MANIFEST, ensure_dataset
 from facetrain.data.synthetic.traits import sample_identity
-from facetrain.utils.schema import Constraint, Interval, check_args
+from facetrain.utils.rules import Constraint, Interval, check_args
 
 __all__ = ["FORMAT_VERSION", "SyntheticFaces"]
 

@@ -25,7 +25,7 @@ from facetrain.data.synthetic.painter import Painter
 from facetrain.data.synthetic.pool import run_jobs
 from facetrain.data.synthetic.seeds import KIND_IJBC, STREAM_IDENTITY, STREAM_PROTOCOL, keyed_rng
 from facetrain.data.synthetic.traits import Identity, Nuisance, sample_identity
-from facetrain.utils.schema import Constraint, Interval, check_args
+from facetrain.utils.rules import Constraint, Interval, check_args
 
 __all__ = ["GALLERY_CSV_HEADER", "SyntheticIjbc", "face_landmarks", "faceness_score"]
 

@@ -19,7 +19,7 @@ from facetrain.data.synthetic.companion import CompanionSet
 from facetrain.data.synthetic.jobs import Item, RenderJob, render_job
 from facetrain.data.synthetic.pool import run_jobs
 from facetrain.data.synthetic.seeds import KIND_TINYFACE, KIND_TINYFACE_DISTRACTOR, STREAM_PROTOCOL, keyed_rng
-from facetrain.utils.schema import Constraint, Interval, check_args
+from facetrain.utils.rules import Constraint, Interval, check_args
 
 __all__ = ["SyntheticTinyFace"]
 
