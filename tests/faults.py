@@ -38,6 +38,31 @@ RUNS = Path("logs") / "train" / "runs"
 #: which ``ckpt_path=last`` matches) is the interrupted one's plus ``ckpt_path``.
 SAMPLES_ENV = "FACETRAIN_SAMPLES"
 
+
+def fault_run_overrides(tmp: Path, run_dir: Path, workers: int) -> list[str]:
+    """The ``train.py`` overrides every fault test shares: 2 epochs of ``experiment=smoke``, deterministic, a step
+    checkpoint every 3 steps, LFW at the end only, dropout (so the global RNG's restore is tested) and
+    :class:`RecordSamples` writing to the file named by ``$FACETRAIN_SAMPLES``."""
+    return [
+        "experiment=smoke",
+        f"paths.log_dir={tmp / 'logs'}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_epochs=2",
+        "trainer.deterministic=true",
+        f"data.num_workers={workers}",
+        "eval=[lfw]",
+        "logger=none",
+        "callbacks.step_checkpoint.every_n_train_steps=3",
+        "eval.lfw.every_n_epochs=2",
+        # Dropout draws from the global torch RNG every step: without it (the smoke preset has dropout 0) nothing
+        # would show a resume that forgets to restore the RNG state or lets the loader draw from the global RNG.
+        "backbone.dropout=0.4",
+        "+callbacks.record._target_=tests.faults.RecordSamples",
+        # From the environment, so the resumed run's command (its overrides) is the interrupted one's + ckpt_path.
+        f"+callbacks.record.path=${{oc.env:{SAMPLES_ENV}}}",
+    ]
+
+
 #: Set to 1 in the environment of a :class:`TrainJob`: the job is in a session of its own, so ``SignalAt(whole_job)``
 #: may kill its process group.
 JOB_ENV = "FACETRAIN_FAULT_JOB"

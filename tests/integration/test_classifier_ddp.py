@@ -12,7 +12,6 @@ import functools
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -165,15 +164,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_equals_replicated_for_every_head(world: int, tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)
+    from tests.faults import free_port  # here, not at the top: spawned workers import this module
+
+    mp.spawn(_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
     failures = []
     for rank in range(world):
         results = json.loads((tmp_path / f"rank{rank}.json").read_text())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from facetrain.classifier import ShardedClassifier
 from facetrain.classifier.checkpoint import load_sharded_classifier, save_sharded_classifier
 from facetrain.classifier.ddp import AllReduceBytesCallback, count_allreduce_bytes, exclude_from_ddp, shared_buffers
+from tests.faults import free_port
 
 C, D_IN, D, B, STEPS = 8, 6, 4, 4, 3  # 8 classes: equal blocks, so DDP also accepts the classifier unexcluded
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,16 +132,10 @@ def node_main(out: Path) -> None:
     dist.barrier()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_two_nodes_through_lightning_exclude_the_classifier_and_resume_in_one_process(tmp_path: Path) -> None:
-    port = str(_free_port())
+    port = str(free_port())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "RANK", "GROUP_RANK"))}
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port, WORLD_SIZE="2", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     procs = [

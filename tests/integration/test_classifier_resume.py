@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -83,24 +82,20 @@ def _worker(rank: int, world: int, port: int, out: str, phase: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _joined(out: Path, name: str, world: int) -> tuple[dict[str, torch.Tensor], list[dict]]:
     parts = [torch.load(out / f"{name}{world}_{r}.pt", weights_only=True) for r in range(world)]
     return {key: torch.cat([p[key] for p in parts]) for key in ("weight", "momentum")}, parts
 
 
 def test_saved_with_2_processes_resumes_with_1_and_3(tmp_path: Path) -> None:
+    from tests.faults import free_port  # here, not at the top: spawned workers import this module
+
     # forkserver with torch preloaded: each child is forked from a clean server process, so it needs no second import
     # of torch (seconds each on a loaded 2-core machine) yet inherits none of this process's threads. A plain fork
     # hung here when an earlier test in the same pytest process had trained with torch's intra-op thread pool.
     mp.set_forkserver_preload(["torch", "facetrain.classifier"])
     for phase, world in (("save", 2), ("load", 1), ("load", 3)):
-        args = (world, _free_port(), str(tmp_path), phase)
+        args = (world, free_port(), str(tmp_path), phase)
         mp.start_processes(_worker, args, nprocs=world, start_method="forkserver")
     for name in CLASSIFIERS:
         saved, saved_parts = _joined(tmp_path, f"{name}_save", 2)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import run_train
-from tests.faults import RUNS, SAMPLES_ENV, compare_resumed, samples_path
+from tests.faults import RUNS, SAMPLES_ENV, compare_resumed, fault_run_overrides, samples_path
 
 pytestmark = pytest.mark.slow
 
@@ -23,26 +23,7 @@ KILL_STEP = 10  # epoch 2 (7 steps per epoch), after the step-9 checkpoint: step
 
 
 def _args(tmp: Path, name: str, *extra: str) -> list[str]:
-    return [
-        "experiment=smoke",
-        f"paths.data_dir={tmp / 'data'}",
-        f"paths.log_dir={tmp / 'logs'}",
-        f"hydra.run.dir={tmp / 'logs' / 'train' / 'runs' / name}",
-        "trainer.max_epochs=2",
-        "trainer.deterministic=true",
-        "data.num_workers=2",
-        "eval=[lfw]",
-        "logger=none",
-        "callbacks.step_checkpoint.every_n_train_steps=3",
-        "eval.lfw.every_n_epochs=2",
-        # Dropout draws from the global torch RNG every step: without it (the smoke preset has dropout 0) nothing
-        # would show a resume that forgets to restore the RNG state or lets the loader draw from the global RNG.
-        "backbone.dropout=0.4",
-        "+callbacks.record._target_=tests.faults.RecordSamples",
-        # From the environment, so the resumed run's command (its overrides) is the interrupted one's + ckpt_path.
-        f"+callbacks.record.path=${{oc.env:{SAMPLES_ENV}}}",
-        *extra,
-    ]
+    return [*fault_run_overrides(tmp, tmp / RUNS / name, workers=2), f"paths.data_dir={tmp / 'data'}", *extra]
 
 
 def _train(tmp: Path, name: str, *extra: str):  # noqa: ANN202

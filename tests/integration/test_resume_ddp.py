@@ -36,6 +36,7 @@ from tests.faults import (
     SignalAt,
     TrainJob,
     compare_resumed,
+    fault_run_overrides,
     group_processes,
     read_samples,
     samples_path,
@@ -51,7 +52,6 @@ KILL_STEP = 10  # epoch 2, after the step-9 checkpoint: step 9 is lost and redon
 
 def _args(tmp: Path, name: str, *extra: str, data: str = "data") -> list[str]:
     return [
-        "experiment=smoke",
         "trainer=ddp",
         "trainer.accelerator=cpu",
         f"trainer.devices={WORLD}",
@@ -72,19 +72,7 @@ def _args(tmp: Path, name: str, *extra: str, data: str = "data") -> list[str]:
         "backbone.embedding_size=16",
         "data.batch_size=8",
         f"paths.data_dir={tmp / data}",
-        f"paths.log_dir={tmp / 'logs'}",
-        f"hydra.run.dir={tmp / RUNS / name}",
-        "trainer.max_epochs=2",
-        "trainer.deterministic=true",
-        "data.num_workers=1",
-        "eval=[lfw]",
-        "logger=none",
-        "callbacks.step_checkpoint.every_n_train_steps=3",
-        "eval.lfw.every_n_epochs=2",
-        "backbone.dropout=0.4",
-        "+callbacks.record._target_=tests.faults.RecordSamples",
-        # From the environment, so the resumed run's command (its overrides) is the interrupted one's + ckpt_path.
-        f"+callbacks.record.path=${{oc.env:{SAMPLES_ENV}}}",
+        *fault_run_overrides(tmp, tmp / RUNS / name, workers=1),
         *extra,
     ]
 
