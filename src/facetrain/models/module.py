@@ -20,7 +20,7 @@ from facetrain.models.embedding import BackboneEmbedding
 from facetrain.models.finetune import apply_finetuning
 from facetrain.training.angles import angle_stats, target_and_nearest_cosines
 from facetrain.training.nonfinite import NonfiniteEvents, nonfinite_flag, skips_on_device
-from facetrain.training.rng import RNG_KEY, rng_state, set_rng_state
+from facetrain.training.rng import RNG_KEY, gather_rng_states, restore_rng_state
 from facetrain.utils.rules import Constraint, Interval, OneOf
 from facetrain.utils.safe_load import CONFIG_KEY
 
@@ -302,7 +302,7 @@ class FaceRecognitionModule(BackboneEmbedding, pl.LightningModule):
             )
         if self.run_config is not None:
             checkpoint[CONFIG_KEY] = self.run_config
-        checkpoint[RNG_KEY] = rng_state()
+        checkpoint[RNG_KEY] = gather_rng_states()  # a collective: Lightning calls this hook on every rank
         # A sharded classifier's blocks and their optimizer rows are gathered into one full matrix, so the run resumes
         # with any process count (a collective: Lightning calls this hook on every rank).
         optimizers = self.trainer.optimizers if self._trainer is not None else []
@@ -314,4 +314,6 @@ class FaceRecognitionModule(BackboneEmbedding, pl.LightningModule):
         # Dropout and any other draw from the global generators continue exactly where the checkpoint left them.
         # (The training loader has its own generator, so creating its iterator on resume draws nothing from these.)
         if RNG_KEY in checkpoint:
-            set_rng_state(checkpoint[RNG_KEY])
+            inexact = restore_rng_state(checkpoint[RNG_KEY])
+            if inexact and self.global_rank == 0:
+                log.warning("Global RNG streams do not continue exactly: %s", inexact)
