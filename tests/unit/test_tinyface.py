@@ -75,7 +75,7 @@ def test_report_equals_brute_force(quantise: bool) -> None:
 
 
 def test_bad_inputs() -> None:
-    with pytest.raises(ValueError, match="row 1 is all zeros"):
+    with pytest.raises(ValueError, match="row 1 is zero, which has no direction"):
         mate_ranks(np.array([[1.0, 0.0], [0.0, 0.0]]), [1, 2], np.eye(2), [1, 2])
     with pytest.raises(ValueError, match="one label per embedding row"):
         mate_ranks(np.eye(2), [1], np.eye(2), [1, 2])

@@ -83,13 +83,13 @@ class OpenSetScores:
     impostor_scores: np.ndarray
 
 
-def _embeddings(x: np.ndarray, what: str) -> np.ndarray:
-    """Finite ``(N, D)`` rows, L2-normalised: every score here is defined as a cosine.
+def unit_rows(x: np.ndarray, what: str, dtype: type = np.float64) -> np.ndarray:
+    """Finite ``(N, D)`` rows, L2-normalised: every identification score here (and TinyFace's) is a cosine.
 
     Rows that are already unit (to 1e-6) are left bit for bit as they are, so normalised inputs (what the
-    callbacks pass) give exactly the scores they always gave.
+    callbacks pass) give exactly the scores they always gave. Empty, non-finite and zero rows are refused.
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x, dtype=dtype)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"{what} must be a non-empty (N, D) array, got shape {x.shape}")
     if not np.all(np.isfinite(x)):
@@ -118,8 +118,8 @@ def open_set_scores(
     Raises:
         ValueError: Shapes disagree, values are not finite, or every probe-gallery score is equal.
     """
-    gallery_emb = _embeddings(gallery_emb, "gallery embeddings")
-    probe_emb = _embeddings(probe_emb, "probe embeddings")
+    gallery_emb = unit_rows(gallery_emb, "gallery embeddings")
+    probe_emb = unit_rows(probe_emb, "probe embeddings")
     gallery_ids, probe_ids = np.asarray(gallery_ids), np.asarray(probe_ids)
     if gallery_ids.shape != (gallery_emb.shape[0],) or probe_ids.shape != (probe_emb.shape[0],):
         raise ValueError("gallery_ids and probe_ids need one identity per embedding row")
@@ -316,7 +316,7 @@ def verification_rate(
         UndefinedMetricError: ``far < 1 / N_imp``.
         ValueError: No genuine or impostor pair, or all scores equal.
     """
-    emb = _embeddings(embeddings, "embeddings")
+    emb = unit_rows(embeddings, "embeddings")
     labels = np.asarray(labels)
     n = emb.shape[0]
     if labels.shape != (n,):
@@ -569,7 +569,7 @@ def open_set_report(
         ``genuine_probes`` and ``impostor_probes`` counts. Curves ``dir_far_fars``, ``dir_far_mean`` and
         ``dir_far_std``: DIR at BLUFR's open-set FAR grid where every trial can measure it.
     """
-    emb = _embeddings(embeddings, "embeddings")
+    emb = unit_rows(embeddings, "embeddings")
     labels = np.asarray(labels)
     if labels.shape != (emb.shape[0],):
         raise ValueError("labels need one identity per embedding row")

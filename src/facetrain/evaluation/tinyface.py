@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from facetrain.evaluation.openset import unit_rows
 from facetrain.evaluation.verification import MetricReport
 
 __all__ = ["DISTRACTOR_LABEL", "TINYFACE_RANKS", "cmc", "mate_ranks", "tinyface_report"]
@@ -37,19 +38,6 @@ __all__ = ["DISTRACTOR_LABEL", "TINYFACE_RANKS", "cmc", "mate_ranks", "tinyface_
 TINYFACE_RANKS: tuple[int, ...] = (1, 5, 20)
 #: Label of a distractor gallery image (AdaFace ``init_proto``: ``labels_distractor = -100``); matches no probe.
 DISTRACTOR_LABEL = -100
-
-
-def _unit_rows(x: np.ndarray, what: str) -> np.ndarray:
-    """``x`` as a float32 (N, D) array of unit rows; refuses empty, non-finite or zero rows."""
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"{what} must be a non-empty (N, D) array, got shape {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{what} contain NaN or infinite values")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    if np.any(norms == 0):
-        raise ValueError(f"{what}: row {int(np.flatnonzero(norms[:, 0] == 0)[0])} is all zeros (no direction)")
-    return x / norms  # the protocol's inner product is the cosine only for unit vectors
 
 
 def mate_ranks(
@@ -74,7 +62,8 @@ def mate_ranks(
     Returns:
         ``(P,)`` int64 ranks; 0 marks a probe whose label no gallery image carries.
     """
-    probes, gallery = _unit_rows(probe_emb, "probe embeddings"), _unit_rows(gallery_emb, "gallery embeddings")
+    probes = unit_rows(probe_emb, "probe embeddings", np.float32)
+    gallery = unit_rows(gallery_emb, "gallery embeddings", np.float32)
     probe_labels, gallery_labels = np.asarray(probe_labels), np.asarray(gallery_labels)
     if probe_labels.shape != (probes.shape[0],) or gallery_labels.shape != (gallery.shape[0],):
         raise ValueError(
